@@ -1,0 +1,64 @@
+"""Console entry points. Nothing but wiring: compose the config, set up the run, hand over.
+
+``tapir``         the pipeline (``mode=run``), its cost plan (``mode=plan``) or a standalone eval
+``tapir-eval``    evaluate a checkpoint or served model (same config tree, ``mode=eval``)
+``tapir-report``  compare run/sweep directories (tables + plots), offline
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+import tapir_exp.config  # noqa: F401  (registers resolvers before Hydra composes)
+from tapir_exp.errors import TapirError
+
+# The config tree lives at the repository root (conf/); tapir-exp is installed editable (pip install -e .).
+CONFIG_PATH = str(Path(__file__).resolve().parent.parent / "conf")
+
+
+def _fail(err: BaseException) -> None:
+    print(f"tapir: error: {err}", file=sys.stderr)
+    sys.exit(2)
+
+
+def run_task(cfg: DictConfig) -> dict | None:
+    """Run one job of whatever mode the config selects; user errors become one line and exit 2."""
+    from tapir_exp.task import run
+
+    try:
+        return run(cfg)
+    except TapirError as err:
+        _fail(err)
+    return None
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="tapir")
+def main(cfg: DictConfig) -> float | None:
+    result = run_task(cfg)
+    # Returned value is what Hydra sweepers (e.g. Optuna) optimise.
+    if isinstance(result, dict) and result.get("objective") is not None:
+        return float(result["objective"])
+    return None
+
+
+def eval_main() -> None:
+    """``tapir-eval`` = ``tapir mode=eval`` with the same overrides."""
+    sys.argv.insert(1, "mode=eval")
+    main()
+
+
+def report_main(argv: list[str] | None = None) -> None:
+    from tapir_exp.report import main as report
+
+    try:
+        report(argv)
+    except TapirError as err:
+        _fail(err)
+
+
+if __name__ == "__main__":
+    main()

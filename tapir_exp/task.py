@@ -1,0 +1,56 @@
+"""The task wrapper: one job = one run directory, one config snapshot, one logger that is always closed."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from tapir_exp.config import redact_hydra_outputs, redacted_container, save_config
+
+log = logging.getLogger("tapir")
+
+
+def setup_run_dir(cfg: DictConfig) -> Path:
+    run_dir = Path(cfg.paths.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+    redact_hydra_outputs(run_dir)
+    return run_dir
+
+
+def build_tracker(cfg: DictConfig, run_dir: Path) -> Any:
+    """The logger of ``conf/logger`` (W&B, CSV or none), given the redacted config and run identity."""
+    if cfg.get("logger") is None or cfg.logger.get("_target_") is None:
+        from tapir_exp.tracking import NullTracker
+
+        return NullTracker()
+    return instantiate(cfg.logger, run_dir=str(run_dir), config=redacted_container(cfg), _recursive_=False)
+
+
+def run(cfg: DictConfig) -> dict[str, Any] | None:
+    """Dispatch on ``cfg.mode``; the tracker is finished whatever happens (exception included), so jobs of
+    a multirun never share a W&B run."""
+    run_dir = setup_run_dir(cfg)
+    if cfg.mode == "plan":
+        from tapir_exp.pipeline import plan
+
+        return plan(cfg)
+    tracker = build_tracker(cfg, run_dir)
+    exit_code = 1
+    try:
+        if cfg.mode == "eval":
+            from tapir_exp.eval.standalone import evaluate_model
+
+            result = evaluate_model(cfg, run_dir, tracker)
+        else:
+            from tapir_exp.pipeline import run_pipeline
+
+            result = run_pipeline(cfg, run_dir, tracker)
+        exit_code = 0
+        return result
+    finally:
+        tracker.finish(exit_code=exit_code)
