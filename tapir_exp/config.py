@@ -28,6 +28,7 @@ def run_name_from_overrides(override_dirname: str, max_len: int = 80) -> str:
 
     Long names are cut and suffixed with a hash of the full string, so distinct overrides never collide.
     """
+    override_dirname = _drop_unnamed_overrides(override_dirname)
     if not override_dirname:
         return "default"
     safe = re.sub(r"[^A-Za-z0-9=,._+\-]", "_", override_dirname)
@@ -35,6 +36,21 @@ def run_name_from_overrides(override_dirname: str, max_len: int = 80) -> str:
         return safe
     digest = hashlib.sha256(override_dirname.encode()).hexdigest()[:10]
     return f"{safe[: max_len - 11]}-{digest}"
+
+
+# Overrides that change speed, bookkeeping or credentials but not results never name a run (so e.g. raising
+# oracle.limits.concurrency resumes the same run), and a secret must never become a directory name.
+_UNNAMED_PREFIXES = ("oracle.limits.", "oracle.progress", "oracle.cache.", "hydra.", "paths.", "eval.model")
+
+
+def _drop_unnamed_overrides(dirname: str) -> str:
+    kept = []
+    for item in re.split(r",(?=[+~]?[A-Za-z_][\w./@-]*=)", dirname):
+        key = item.split("=", 1)[0].lstrip("+~")
+        if key.startswith(_UNNAMED_PREFIXES) or _SECRET_KEY.search(key):
+            continue
+        kept.append(item)
+    return ",".join(kept)
 
 
 def resource_path(rel: str) -> str:

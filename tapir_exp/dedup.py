@@ -1,0 +1,77 @@
+"""Near-duplicate detection for instructions: normalised exact match plus ROUGE-L (LCS F-measure over
+words), with a word-bigram inverted index so that only plausible neighbours are compared (a 50K pool is
+checked in seconds, not hours)."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+def words(text: str) -> list[str]:
+    return _WORD.findall(text.lower())
+
+
+def normalise(text: str) -> str:
+    return " ".join(words(text))
+
+
+def rouge_l(a: list[str], b: list[str]) -> float:
+    """ROUGE-L F1 between two token lists (longest common subsequence)."""
+    if not a or not b:
+        return 0.0
+    if len(a) < len(b):
+        a, b = b, a
+    prev = [0] * (len(b) + 1)
+    for x in a:
+        cur = [0]
+        for j, y in enumerate(b, start=1):
+            cur.append(prev[j - 1] + 1 if x == y else max(prev[j], cur[j - 1]))
+        prev = cur
+    lcs = prev[-1]
+    if lcs == 0:
+        return 0.0
+    p, r = lcs / len(a), lcs / len(b)
+    return 2 * p * r / (p + r)
+
+
+class NearDuplicateIndex:
+    """Texts added so far; :meth:`duplicate_of` says whether a new text is (nearly) one of them."""
+
+    def __init__(self, threshold: float = 0.7):
+        self.threshold = threshold
+        self._exact: dict[str, int] = {}
+        self._tokens: list[list[str]] = []
+        self._postings: dict[tuple[str, str], list[int]] = {}
+
+    def __len__(self) -> int:
+        return len(self._tokens)
+
+    def add(self, text: str) -> int:
+        toks = words(text)
+        idx = len(self._tokens)
+        self._tokens.append(toks)
+        self._exact.setdefault(" ".join(toks), idx)
+        for bg in set(zip(toks, toks[1:], strict=False)):
+            self._postings.setdefault(bg, []).append(idx)
+        return idx
+
+    def duplicate_of(self, text: str) -> tuple[int, float] | None:
+        """(index, similarity) of the first near-duplicate, or None."""
+        toks = words(text)
+        key = " ".join(toks)
+        if key in self._exact:
+            return self._exact[key], 1.0
+        bigrams = set(zip(toks, toks[1:], strict=False))
+        if not bigrams:
+            return None
+        shared = Counter(i for bg in bigrams for i in self._postings.get(bg, ()))
+        # ROUGE-L >= t needs an LCS of at least t * min length; bigram overlap below a fraction of that
+        # cannot reach it in practice, so only the best-overlapping candidates are compared exactly.
+        for idx, _ in shared.most_common(50):
+            sim = rouge_l(toks, self._tokens[idx])
+            if sim >= self.threshold:
+                return idx, sim
+        return None

@@ -1,0 +1,1 @@
+"""One module per TAPIR step. A step never imports another step; tapir_exp.pipeline composes them."""

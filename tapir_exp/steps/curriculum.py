@@ -1,0 +1,82 @@
+"""Curriculum over rounds: the hard fraction alpha_r of round r's training mix, the mix size, and the mix
+itself (hard and easy parts, each balanced to the task ratios when balancing is on)."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping
+from typing import Any
+
+from tapir_exp.errors import ConfigError
+from tapir_exp.records import Example
+
+
+def alpha_for_round(cur: Mapping[str, Any], r: int) -> float:
+    """Hard fraction of round ``r`` (1-based) under ``curriculum.schedule``."""
+    rounds = int(cur["rounds"])
+    schedule = cur.get("schedule", "linear")
+    if schedule == "constant":
+        alpha = float(cur["alpha_start"])
+    elif schedule == "linear":
+        a0, a1 = float(cur["alpha_start"]), float(cur["alpha_end"])
+        alpha = a0 if rounds == 1 else a0 + (a1 - a0) * (r - 1) / (rounds - 1)
+    elif schedule == "list":
+        alphas = list(cur.get("alphas") or [])
+        if len(alphas) < rounds:
+            raise ConfigError("curriculum.alphas", f"schedule=list needs {rounds} values (one per round), got {len(alphas)}")
+        alpha = float(alphas[r - 1])
+    else:
+        raise ConfigError("curriculum.schedule", f"expected constant, linear or list, got {schedule!r}")
+    if not 0.0 <= alpha <= 1.0:
+        raise ConfigError("curriculum", f"alpha for round {r} is {alpha}; expected a value in [0, 1]")
+    return alpha
+
+
+def size_for_round(cur: Mapping[str, Any], r: int, available: int) -> int:
+    size = cur.get("size")
+    if size is None:
+        return available
+    if isinstance(size, int | float):
+        return int(size)
+    sizes = list(size)
+    if len(sizes) < r:
+        raise ConfigError("curriculum.size", f"a list of sizes needs one per round; round {r} has none")
+    return int(sizes[r - 1])
+
+
+def build_mix(hard: list[Example], easy: list[Example], *, alpha: float, size: int, mode: str,
+              resample: Any, ratios: Mapping[str, float] | None, seed: int, round: int) -> tuple[list[Example], dict[str, Any]]:
+    """The round's training mix.
+
+    ``mode='curriculum'``: ``round(alpha * size)`` hard items (never more than there are distinct hard items,
+    the shortfall goes to the easy part) and the rest easy, each part resampled to the task ratios.
+    ``mode='all'``: hard and easy together, resampled to ``size``. ``resample(items, ratios, n, rng)`` is the
+    balancing function (ratios None = plain sampling).
+    """
+    rng = random.Random(f"{seed}/mix/{round}")
+    if mode == "all":
+        everything = hard + easy
+        mix = resample(everything, ratios, size, rng)
+        n_hard = sum(1 for ex in mix if ex.meta.get("hard") or ex.source == "expanded")
+        return mix, {"alpha_target": None, "alpha_actual": round_(n_hard / max(1, len(mix))), "hard": n_hard,
+                     "easy": len(mix) - n_hard}
+    if mode != "curriculum":
+        raise ConfigError("curriculum.mix", f"expected curriculum or all, got {mode!r}")
+    n_hard = min(round_int(alpha * size), len(hard))
+    n_easy = size - n_hard
+    if not easy:  # nothing easy left: the student fails everything, so train on hard items only
+        n_hard, n_easy = size, 0
+    hard_part = resample(hard, ratios, n_hard, rng)
+    easy_part = resample(easy, ratios, n_easy, rng)
+    mix = hard_part + easy_part
+    rng.shuffle(mix)
+    return mix, {"alpha_target": alpha, "alpha_actual": round_(len(hard_part) / max(1, len(mix))),
+                 "hard": len(hard_part), "easy": len(easy_part)}
+
+
+def round_int(x: float) -> int:
+    return int(x + 0.5)
+
+
+def round_(x: float) -> float:
+    return float(f"{x:.4f}")
