@@ -121,9 +121,8 @@ def _iter_raw(path: Path) -> Iterator[tuple[str, Any]]:
         return
     with open(path, "rb") as fh:
         head = fh.read(4096).lstrip()
-    if path.suffix == ".json" and head.startswith(b"["):
-        yield from _iter_json_array(path)
-    elif path.suffix == ".json" and head.startswith(b"{") and b"\n" not in head.strip()[:-1]:
+    one_line_object = head.startswith(b"{") and b"\n" not in head.strip()[:-1]
+    if path.suffix == ".json" and (head.startswith(b"[") or one_line_object):
         yield from _iter_json_array(path)
     elif path.suffix == ".json":
         # A .json file holding one object per line is JSONL in disguise; an indented object is an array wrapper.

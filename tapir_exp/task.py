@@ -28,7 +28,8 @@ def build_tracker(cfg: DictConfig, run_dir: Path) -> Any:
         from tapir_exp.tracking import NullTracker
 
         return NullTracker()
-    return instantiate(cfg.logger, run_dir=str(run_dir), config=redacted_container(cfg), _recursive_=False)
+    return instantiate(cfg.logger, run_dir=str(run_dir), run_config=redacted_container(cfg), _recursive_=False,
+                       _convert_="all")
 
 
 def run(cfg: DictConfig) -> dict[str, Any] | None:

@@ -68,6 +68,11 @@ def responder(body: dict) -> str | dict:
         return f"Step 1: read the task.\nStep 2: work it out.\nAnswer: {_h(prompt) % 100}"
     if "as working code" in prompt:
         return "```python\ndef solve(x):\n    return x\n```\nThe function returns its input unchanged."
+    if "Which response is better?" in prompt:
+        # Pairwise eval: prefers the reference (slot with the longer answer) 60/40, as log-probabilities.
+        better = 1 if len(_section(prompt, "Response 1")) >= len(_section(prompt, "Response 2")) else 2
+        top = {str(better): math.log(0.6), str(3 - better): math.log(0.4)}
+        return {"text": f"[[{better}]]", "top_logprobs": [{"[[": -0.01}, top, {"]]": -0.01}]}
     if "[[" in prompt or "judge" in prompt.lower() or "impartial" in prompt.lower():
         # Evaluation judges: a rating or a preference token. Both parse from "[[n]]"/"m"-style answers.
         return _rating_reply(5)

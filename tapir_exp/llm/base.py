@@ -30,6 +30,8 @@ class ChatRequest:
     stop: tuple[str, ...] = ()
     logprobs: bool = False
     top_logprobs: int = 0
+    # Text the assistant's reply is forced to start with (in-process backends only; see Backend.prefill).
+    prefill: str = ""
     id: str = ""
 
     @classmethod
@@ -115,6 +117,11 @@ class Backend(abc.ABC):
         return out
 
     def supports_logprobs(self) -> bool:
+        return False
+
+    def supports_prefill(self) -> bool:
+        """Whether the backend can force the start of the reply (e.g. ``[[`` before a rating), which makes a
+        small local judge put its probability mass on the rating tokens."""
         return False
 
     async def aclose(self) -> None:  # pragma: no cover - default no-op

@@ -10,6 +10,7 @@ Methods (``steps.classify.method``):
 
 from __future__ import annotations
 
+import builtins
 import random
 from typing import Any
 
@@ -87,7 +88,7 @@ def _distill_label(examples, oracle, labels, fallback, sample_size, holdout_frac
         counts.update(distilled=len(rest), holdout_agreement=None)
         return counts
     agree = sum(p == ex.task for p, ex in zip(model.predict([e.prompt for e in hold]), hold, strict=True))
-    counts["holdout_agreement"] = round(agree / len(hold), 4)
+    counts["holdout_agreement"] = builtins.round(agree / len(hold), 4)
     # Refit on the whole sample for labelling the rest.
     model = _fit(sample) or model
     for ex, lab in zip(rest, model.predict([e.prompt for e in rest]), strict=True):

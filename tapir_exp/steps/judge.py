@@ -9,6 +9,7 @@ Two request formats:
 
 from __future__ import annotations
 
+import builtins
 import re
 import statistics
 from typing import Any
@@ -75,7 +76,7 @@ def judge_mfd(examples: list[Example], oracle: Any, *, delta: float, both_orders
     mfds = [ex.meta["mfd"] for ex in examples if ex.meta["mfd"] is not None]
     return examples, {
         "hard": hard, "unjudged": unjudged, "parse_failures": parse_failures,
-        "mean_mfd": round(statistics.fmean(mfds), 4) if mfds else None,
+        "mean_mfd": builtins.round(statistics.fmean(mfds), 4) if mfds else None,
     }
 
 

@@ -1,0 +1,1 @@
+"""Evaluation every round: AlpacaEval-2-style pairwise win rates and MT-Bench-style graded answers."""

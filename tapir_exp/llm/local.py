@@ -1,0 +1,132 @@
+"""An in-process transformers model as an oracle backend (the embedded default: SmolLM2-135M-Instruct).
+
+Requests are generated in length-sorted batches with left padding; greedy when temperature is 0, seeded
+sampling otherwise. Token log-probabilities come from the generation scores, so the judge's
+log-probability rating works locally too. Generation runs in a worker thread so the client's event loop
+(timeouts, progress) stays responsive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+from typing import Any
+
+from tapir_exp.llm.base import Backend, ChatRequest, ChatResult
+
+TOP_K_LOGPROBS = 20
+
+
+class LocalBackend(Backend):
+    name = "local"
+
+    def __init__(self, model: str = "smollm2", batch_size: int = 16, device: str = "cpu", dtype: str = "float32",
+                 cache_dir: str | None = None, max_input_tokens: int = 2048, **_: Any):
+        super().__init__(model)
+        self.max_batch = int(batch_size)
+        self.device, self.dtype, self.max_input_tokens = device, dtype, int(max_input_tokens)
+        self.cache_dir = Path(cache_dir) if cache_dir else Path.home() / ".cache" / "tapir" / "models"
+        self._model = self._tok = None
+        self._lock = threading.Lock()
+
+    def supports_logprobs(self) -> bool:
+        return True
+
+    def supports_prefill(self) -> bool:
+        return True
+
+    def _load(self) -> None:
+        if self._model is not None:
+            return
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from tapir_exp.llm.smollm2 import smollm2_hf_dir
+
+        path = smollm2_hf_dir(self.cache_dir) if self.model == "smollm2" else Path(self.model)
+        self._tok = AutoTokenizer.from_pretrained(path)
+        self._tok.padding_side = "left"
+        if self._tok.pad_token is None:
+            self._tok.pad_token = self._tok.eos_token
+        self._model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, self.dtype)).to(self.device)
+        self._model.eval()
+
+    async def complete(self, request: ChatRequest) -> ChatResult:
+        out = (await self.complete_batch([request]))[0]
+        if isinstance(out, BaseException):
+            raise out
+        return out
+
+    async def complete_batch(self, requests: list[ChatRequest]) -> list[ChatResult | BaseException]:
+        return await asyncio.to_thread(self._generate_all, requests)
+
+    def _generate_all(self, requests: list[ChatRequest]) -> list[ChatResult | BaseException]:
+        with self._lock:
+            self._load()
+            # One generate() call per sampling setting; results go back in request order.
+            groups: dict[tuple, list[int]] = {}
+            for i, r in enumerate(requests):
+                sampled = r.temperature > 0
+                key = (sampled, r.temperature if sampled else 0.0, r.top_p if sampled else 1.0,
+                       r.seed if sampled else None, r.logprobs)
+                groups.setdefault(key, []).append(i)
+            out: list[ChatResult | BaseException] = [None] * len(requests)  # type: ignore[list-item]
+            for (sampled, temperature, top_p, seed, logprobs), idx in groups.items():
+                try:
+                    results = self._generate([requests[i] for i in idx], sampled, temperature, top_p, seed, logprobs)
+                except Exception as e:  # noqa: BLE001 - handed back per request; the client records it
+                    results = [e] * len(idx)
+                for i, res in zip(idx, results, strict=True):
+                    out[i] = res
+            return out
+
+    def _generate(self, reqs: list[ChatRequest], sampled: bool, temperature: float, top_p: float, seed: int | None,
+                  logprobs: bool) -> list[ChatResult]:
+        import torch
+
+        tok, model = self._tok, self._model
+        texts = [tok.apply_chat_template(r.message_dicts(), add_generation_prompt=True, tokenize=False) + r.prefill
+                 for r in reqs]
+        enc = tok(texts, return_tensors="pt", padding=True, truncation=True, max_length=self.max_input_tokens,
+                  add_special_tokens=False).to(self.device)
+        max_new = max(int(r.max_tokens) for r in reqs)
+        kw: dict[str, Any] = {"max_new_tokens": max_new, "pad_token_id": tok.pad_token_id,
+                              "return_dict_in_generate": True, "output_scores": logprobs}
+        if sampled:
+            torch.manual_seed(int(seed or 0))
+            kw.update(do_sample=True, temperature=temperature, top_p=top_p)
+        else:
+            kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        with torch.inference_mode():
+            gen = model.generate(**enc, **kw)
+        prompt_len = enc["input_ids"].shape[1]
+        eos = {tok.eos_token_id} | set(getattr(model.generation_config, "eos_token_id", None) or []
+                                        if isinstance(getattr(model.generation_config, "eos_token_id", None), list)
+                                        else [model.generation_config.eos_token_id])
+        results = []
+        for b, req in enumerate(reqs):
+            ids = gen.sequences[b, prompt_len:].tolist()
+            n, finish = len(ids), "length"
+            for j, t in enumerate(ids):
+                if t in eos:
+                    n, finish = j, "stop"
+                    break
+            if n > req.max_tokens:
+                n, finish = int(req.max_tokens), "length"
+            text = tok.decode(ids[:n], skip_special_tokens=True)
+            for s in req.stop:
+                if s and s in text:
+                    text, finish = text[: text.index(s)], "stop"
+            top = None
+            if logprobs and gen.scores:
+                top = []
+                for step in range(min(n if finish == "length" else n + 1, len(gen.scores))):
+                    lp = torch.log_softmax(gen.scores[step][b].float(), dim=-1)
+                    vals, toks = lp.topk(TOP_K_LOGPROBS)
+                    top.append({tok.decode([t]): float(v) for v, t in zip(vals.tolist(), toks.tolist(), strict=True)
+                                if v > float("-inf")})
+            results.append(ChatResult(request_id=req.id, text=text, finish_reason=finish,
+                                      prompt_tokens=int(enc["attention_mask"][b].sum()), completion_tokens=n,
+                                      top_logprobs=top))
+        return results

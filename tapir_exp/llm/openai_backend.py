@@ -1,0 +1,89 @@
+"""Any OpenAI-compatible chat-completions endpoint (OpenAI, vLLM's api_server, other providers) through the
+official ``openai`` async client. The client's own retries are off: the Oracle retries with its own policy
+(and counts every attempt)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import httpx
+import openai
+
+from tapir_exp.errors import ConfigError
+from tapir_exp.llm.base import Backend, ChatRequest, ChatResult, RetryableError
+
+
+class OpenAIBackend(Backend):
+    name = "openai"
+
+    def __init__(self, model: str, base_url: str | None = None, api_key: str | None = None,
+                 api_key_env: str = "OPENAI_API_KEY", organization: str | None = None, logprobs: bool = True,
+                 timeout_s: float = 600.0, max_connections: int = 256, **_: Any):
+        super().__init__(model)
+        # The key is read from the environment when the config does not resolve one; never logged or saved.
+        key = api_key or os.environ.get(api_key_env)
+        if not key:
+            raise ConfigError("oracle.backends.openai.api_key",
+                              f"no API key: set the {api_key_env} environment variable (it is never written to disk)")
+        self._logprobs = logprobs
+        self.base_url = base_url
+        self.client = openai.AsyncOpenAI(
+            base_url=base_url, api_key=key, organization=organization, max_retries=0, timeout=timeout_s,
+            http_client=httpx.AsyncClient(limits=httpx.Limits(max_connections=max_connections,
+                                                              max_keepalive_connections=max_connections)))
+
+    def supports_logprobs(self) -> bool:
+        return self._logprobs
+
+    async def complete(self, request: ChatRequest) -> ChatResult:
+        kw: dict[str, Any] = {"model": self.model, "messages": request.message_dicts(),
+                              "max_tokens": request.max_tokens, "temperature": request.temperature,
+                              "top_p": request.top_p}
+        if request.seed is not None:
+            kw["seed"] = request.seed
+        if request.stop:
+            kw["stop"] = list(request.stop)
+        if request.logprobs and self._logprobs:
+            kw.update(logprobs=True, top_logprobs=request.top_logprobs or None)
+        try:
+            resp = await self.client.chat.completions.create(**kw)
+        except openai.RateLimitError as e:
+            raise RetryableError(f"429 rate limited: {_message(e)}", retry_after=_retry_after(e.response)) from e
+        except openai.APIStatusError as e:
+            if e.status_code >= 500 or e.status_code in (408, 409):
+                raise RetryableError(f"{e.status_code}: {_message(e)}", retry_after=_retry_after(e.response)) from e
+            raise  # 400/401/403/404: retrying cannot help
+        except (openai.APIConnectionError, openai.APITimeoutError) as e:
+            raise RetryableError(f"{type(e).__name__}: {e}") from e
+        except (ValueError, openai.APIResponseValidationError) as e:  # malformed JSON body
+            raise RetryableError(f"malformed response: {e}") from e
+        if not getattr(resp, "choices", None):
+            raise RetryableError("response has no choices")
+        choice = resp.choices[0]
+        top = None
+        lp = getattr(choice, "logprobs", None)
+        if lp is not None and getattr(lp, "content", None):
+            top = [{t.token: t.logprob for t in (pos.top_logprobs or [])} or {pos.token: pos.logprob}
+                   for pos in lp.content]
+        usage = resp.usage
+        return ChatResult(request_id=request.id, text=choice.message.content or "", finish_reason=choice.finish_reason,
+                          prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,
+                          completion_tokens=getattr(usage, "completion_tokens", 0) or 0, top_logprobs=top)
+
+    async def aclose(self) -> None:
+        await self.client.close()
+
+
+def _retry_after(response: httpx.Response | None) -> float | None:
+    if response is None:
+        return None
+    value = response.headers.get("retry-after")
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None  # an HTTP date: fall back to our own backoff
+
+
+def _message(e: openai.APIStatusError) -> str:
+    return str(getattr(e, "message", e))[:200]

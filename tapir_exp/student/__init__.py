@@ -1,0 +1,1 @@
+"""The student: how it is initialised (models), how it answers (generate) and how it learns (train)."""

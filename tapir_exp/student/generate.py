@@ -1,0 +1,103 @@
+"""The student answers: batched HF generation in-process (CPU/one GPU) or vLLM in a subprocess (GPU).
+
+vLLM runs in its own process per call so its GPU memory is released before training starts again.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tapir_exp.errors import ConfigError
+
+
+@dataclass
+class Generation:
+    text: str
+    completion_tokens: int
+    finish_reason: str  # stop | length
+
+
+class HFGenerator:
+    def __init__(self, batch_size: int = 32, max_new_tokens: int = 96, temperature: float = 0.0, top_p: float = 1.0,
+                 seed: int = 0, device: str = "cpu", dtype: str = "float32", max_input_tokens: int = 1024):
+        self.batch_size, self.max_new_tokens = int(batch_size), int(max_new_tokens)
+        self.temperature, self.top_p, self.seed = float(temperature), float(top_p), int(seed)
+        self.device, self.dtype, self.max_input_tokens = device, dtype, int(max_input_tokens)
+        self._loaded: tuple[str, Any, Any] | None = None
+
+    def _load(self, model_dir: str | Path):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        key = str(Path(model_dir).resolve())
+        if self._loaded is None or self._loaded[0] != key:
+            tok = AutoTokenizer.from_pretrained(model_dir)
+            tok.padding_side = "left"
+            if tok.pad_token is None:
+                tok.pad_token = tok.eos_token
+            model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, self.dtype)).to(self.device)
+            model.eval()
+            self._loaded = (key, tok, model)
+        return self._loaded[1], self._loaded[2]
+
+    def generate(self, model_dir: str | Path, conversations: list[list[dict[str, str]]]) -> list[Generation]:
+        import torch
+
+        tok, model = self._load(model_dir)
+        prompts = [tok.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in conversations]
+        lengths = [len(tok(p, add_special_tokens=False)["input_ids"]) for p in prompts]
+        order = sorted(range(len(prompts)), key=lambda i: lengths[i])  # similar lengths share a batch: less padding
+        out: list[Generation | None] = [None] * len(prompts)
+        eos = model.generation_config.eos_token_id
+        eos_ids = set(eos if isinstance(eos, list) else [eos]) | {tok.eos_token_id}
+        torch.manual_seed(self.seed)
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start:start + self.batch_size]
+            enc = tok([prompts[i] for i in idx], return_tensors="pt", padding=True, truncation=True,
+                      max_length=self.max_input_tokens, add_special_tokens=False).to(self.device)
+            kw: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "pad_token_id": tok.pad_token_id}
+            if self.temperature > 0:
+                kw.update(do_sample=True, temperature=self.temperature, top_p=self.top_p)
+            else:
+                kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+            with torch.inference_mode():
+                seqs = model.generate(**enc, **kw)
+            for b, i in enumerate(idx):
+                ids = seqs[b, enc["input_ids"].shape[1]:].tolist()
+                n = next((j for j, t in enumerate(ids) if t in eos_ids), None)
+                finish = "length" if n is None else "stop"
+                ids = ids if n is None else ids[:n]
+                out[i] = Generation(tok.decode(ids, skip_special_tokens=True), len(ids), finish)
+        return out  # type: ignore[return-value]
+
+
+class VLLMGenerator:
+    """Offline vLLM generation (``LLM.chat``) in a child process; requires the ``vllm`` extra and a GPU."""
+
+    def __init__(self, max_new_tokens: int = 1024, temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
+                 tensor_parallel_size: int = 1, max_model_len: int = 4096, gpu_memory_utilization: float = 0.85,
+                 dtype: str = "auto"):
+        self.params = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
+                           tensor_parallel_size=tensor_parallel_size, max_model_len=max_model_len,
+                           gpu_memory_utilization=gpu_memory_utilization, dtype=dtype)
+
+    def generate(self, model_dir: str | Path, conversations: list[list[dict[str, str]]]) -> list[Generation]:
+        import importlib.util
+
+        if importlib.util.find_spec("vllm") is None:
+            raise ConfigError("generation", "generation=vllm needs the vllm package (pip install 'tapir-exp[vllm]', "
+                                            "GPU); use generation=hf on CPU")
+        with tempfile.TemporaryDirectory(prefix="tapir-vllm-") as tmp:
+            job = Path(tmp) / "job.json"
+            result = Path(tmp) / "out.json"
+            job.write_text(json.dumps({"model": str(model_dir), "conversations": conversations, **self.params}))
+            proc = subprocess.run([sys.executable, "-m", "tapir_exp.student.vllm_worker", str(job), str(result)])
+            if proc.returncode != 0:
+                raise RuntimeError(f"vLLM worker failed with exit code {proc.returncode} (see its output above)")
+            return [Generation(**g) for g in json.loads(result.read_text())]
