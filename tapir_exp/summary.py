@@ -44,7 +44,11 @@ class RunSummary:
 
     def flat_metrics(self, r: int) -> dict[str, float]:
         """Scalars of round r for a logger: sizes, hard fraction, MFD, losses, eval, oracle usage, seconds."""
-        rec = self.round(r)
+        return self.flatten(self.round(r))
+
+    @staticmethod
+    def flatten(rec: dict[str, Any]) -> dict[str, float]:
+        """One round record of summary.json as flat ``group/key`` scalars (also read by tapir-report)."""
         out: dict[str, float] = {}
         for key in ("pool_size", "judged", "hard_count", "hard_fraction", "alpha", "round_size", "expanded",
                     "mean_mfd", "refined", "wall_seconds"):

@@ -95,7 +95,7 @@ def fast_overrides(base_url: str) -> list[str]:
             "trainer.max_epochs=1", "trainer.batch_size=4", "generation.max_new_tokens=12",
             "eval.alpaca_eval.max_items=4", "eval.mt_bench.max_questions=2", "logger=none",
             "oracle.limits.concurrency=8", "oracle.limits.max_retries=2", "oracle.limits.backoff_base_s=0.05",
-            "oracle.progress=false"]
+            "oracle.progress=false", "steps.classify.method=oracle"]
 
 
 def run_tapir(args: list[str], cwd: Path, **kw) -> subprocess.CompletedProcess:

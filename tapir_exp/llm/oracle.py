@@ -147,8 +147,13 @@ class Oracle:
         if scoring not in ("logprob", "generative"):
             raise ConfigError(f"oracle.roles.{role}.scoring", f"expected logprob or generative, got {scoring!r}")
         if scoring == "logprob" and self.supports_logprobs(role):
-            prefill = "[[" if self.backend_for(role).supports_prefill() else ""
-            reqs = [replace(r, logprobs=True, top_logprobs=LOGPROB_CANDIDATES, prefill=prefill) for r in requests]
+            if self.backend_for(role).supports_prefill():
+                # The reply is forced to start with "[[": the rating is the very next token, so two tokens
+                # of generation are all the scoring needs.
+                reqs = [replace(r, logprobs=True, top_logprobs=LOGPROB_CANDIDATES, prefill="[[",
+                                max_tokens=min(r.max_tokens, 2)) for r in requests]
+            else:
+                reqs = [replace(r, logprobs=True, top_logprobs=LOGPROB_CANDIDATES) for r in requests]
             results = self.chat_many(role, reqs, step=step, round=round, failure_budget=failure_budget)
             out = []
             for res in results:

@@ -85,7 +85,8 @@ class SFTModule(L.LightningModule):
         self._done_in_epoch = self._resume_done if getattr(self, "_resume_epoch", None) == self.current_epoch else 0
         self._resume_epoch = None
 
-    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+    def record_batch(self, outputs) -> None:
+        """Called by :class:`Checkpointing` before it may save, so a checkpoint always counts its own batch."""
         self._done_in_epoch += 1
         if self.trainer.is_global_zero and outputs is not None:
             with open(self.log_path, "a") as fh:
@@ -135,6 +136,7 @@ class Checkpointing(L.Callback):
             os.replace(tmp, self.path)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        pl_module.record_batch(outputs)
         if self.signal is not None:
             self.save(trainer)
             print(f"tapir: signal {self.signal}: checkpoint saved at step {trainer.global_step}; exiting",
@@ -169,8 +171,11 @@ def train_round(init_dir: str | Path, conversations: list[list[dict[str, str]]],
                        seed, total, str(work_dir / LOSSES))
     ckpt = Checkpointing(work_dir / CKPT, int(tc.get("checkpoint_every_n_steps", 50)))
     resumed_from = _checkpoint_step(work_dir / CKPT)
-    if resumed_from is None and (work_dir / LOSSES).exists():
-        (work_dir / LOSSES).unlink()  # stale log from an attempt that never checkpointed
+    if (work_dir / LOSSES).exists():
+        # Keep the losses of the steps the checkpoint holds; later ones will be trained (and logged) again.
+        keep = [line for line in (work_dir / LOSSES).read_text().splitlines()
+                if line.strip() and resumed_from is not None and json.loads(line)["step"] <= resumed_from]
+        (work_dir / LOSSES).write_text("".join(f"{line}\n" for line in keep))
     trainer = L.Trainer(accelerator=tc["accelerator"], devices=tc["devices"], num_nodes=tc.get("num_nodes", 1),
                         strategy=build_strategy(trainer_cfg), precision=tc["precision"], max_epochs=epochs,
                         max_steps=int(tc.get("max_steps", -1)), accumulate_grad_batches=accum,

@@ -1,0 +1,117 @@
+"""The student: tiny init, loss masking, Lightning training that learns, generation, exact kill-and-resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from tapir_exp.student.data import IGNORE, LengthGroupedBatches, encode
+from tapir_exp.student.generate import HFGenerator
+from tapir_exp.student.models import TinyLlamaInit
+from tapir_exp.student.train import train_round
+
+REPO = Path(__file__).resolve().parents[1]
+CONVS = [[{"role": "user", "content": f"Say the colour number {i}."},
+          {"role": "assistant", "content": f"The colour is {['red', 'blue', 'green'][i % 3]}."}] for i in range(24)]
+
+
+def student_cfg(**kw):
+    return OmegaConf.create({"max_length": 128, "lora": {"enabled": False}, "gradient_checkpointing": False, **kw})
+
+
+def trainer_cfg(**kw):
+    base = OmegaConf.load(REPO / "conf/trainer/cpu.yaml")
+    base.merge_with({"batch_size": 4, "max_epochs": 2, "lr": 3e-3, "checkpoint_every_n_steps": 2, **kw})
+    return base
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("tiny")
+    TinyLlamaInit(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                  num_key_value_heads=1, max_position_embeddings=256, seed=0)(
+        d, corpus=[c[0]["content"] + " " + c[1]["content"] for c in CONVS])
+    return d
+
+
+def test_loss_only_on_the_answer(tiny):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny)
+    ex = encode(tok, CONVS[:1], 128)[0]
+    supervised = [t for t, lab in zip(ex["input_ids"], ex["labels"], strict=True) if lab != IGNORE]
+    assert tok.decode(supervised).startswith("The colour is red.")
+    assert supervised[-1] == tok.eos_token_id  # the student learns to stop
+    prompt_part = tok.decode([t for t, lab in zip(ex["input_ids"], ex["labels"], strict=True) if lab == IGNORE])
+    assert "Say the colour number 0." in prompt_part and "red" not in prompt_part
+
+
+def test_batches_deterministic_grouped_and_resumable():
+    lengths = [5, 50, 6, 51, 7, 52, 8, 53] * 3
+    s = LengthGroupedBatches(lengths, 4, seed=1)
+    assert s.batches(0) == LengthGroupedBatches(lengths, 4, seed=1).batches(0)
+    assert s.batches(0) != s.batches(1)
+    assert sorted(i for b in s.batches(0) for i in b) == list(range(len(lengths)))
+    assert s.padding_efficiency() > LengthGroupedBatches(lengths, 4, seed=1, group=False).padding_efficiency()
+    full = list(s)
+    s.resume(0, 2)
+    assert list(s) == full[2:]
+
+
+def test_training_lowers_loss_and_checkpoint_generates(tiny, tmp_path):
+    out = tmp_path / "out"
+    t = train_round(tiny, CONVS, out, student_cfg=student_cfg(), trainer_cfg=trainer_cfg(max_epochs=6),
+                    work_dir=tmp_path / "work", seed=0)
+    assert t.steps == 6 * 6 and len(t.losses) == t.steps and t.tokens > 0
+    assert sum(t.losses[-6:]) / 6 < sum(t.losses[:6]) / 6
+    gens = HFGenerator(batch_size=4, max_new_tokens=8).generate(out, [c[:1] for c in CONVS[:3]])
+    assert len(gens) == 3 and all(g.completion_tokens <= 8 for g in gens)
+
+
+CHILD = """
+import sys, json
+from omegaconf import OmegaConf
+sys.path.insert(0, {repo!r})
+from tests.test_student import CONVS, student_cfg, trainer_cfg
+from tapir_exp.student.train import train_round
+t = train_round(sys.argv[1], CONVS * 4, sys.argv[2], student_cfg=student_cfg(), trainer_cfg=trainer_cfg(max_epochs=2),
+                work_dir=sys.argv[3], seed=0)
+print(json.dumps({{"steps": t.steps, "resumed_from": t.resumed_from, "losses": len(t.losses)}}), flush=True)
+"""
+
+
+def _child(tiny, tmp_path, name):
+    code = CHILD.format(repo=str(REPO))
+    return subprocess.Popen([sys.executable, "-c", code, str(tiny), str(tmp_path / name), str(tmp_path / "work")],
+                            stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_interrupted_training_resumes_exactly(tiny, tmp_path, sig):
+    ckpt = tmp_path / "work" / "last.ckpt"
+    proc = _child(tiny, tmp_path, "a")
+    while not ckpt.exists() and proc.poll() is None:
+        time.sleep(0.05)
+    if sig == signal.SIGTERM:
+        time.sleep(0.3)
+    os.kill(proc.pid, sig)
+    proc.wait()
+    assert ckpt.exists()
+    if sig == signal.SIGTERM:
+        assert proc.returncode == 128 + signal.SIGTERM  # saved a checkpoint on the signal, then exited
+    rerun = _child(tiny, tmp_path, "b")
+    out, _ = rerun.communicate()
+    assert rerun.returncode == 0
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["resumed_from"] and summary["resumed_from"] > 0
+    assert summary["steps"] == 2 * 24  # 96 examples / batch 4 x 2 epochs: the same as an uninterrupted run
+    assert summary["losses"] == summary["steps"]  # one logged loss per step, none trained twice

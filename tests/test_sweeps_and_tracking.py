@@ -1,0 +1,51 @@
+"""Sweeps compose and launch (mode=plan: no model is called); trackers write what they promise."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tapir_exp.tracking import CSVTracker, WandbTracker
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_ablation_grid_is_one_multirun(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "tapir_exp.cli", "--multirun", "--config-dir", str(REPO / "sweeps"),
+                        "--config-name", "ablations", "mode=plan", "logger=none"], cwd=tmp_path, capture_output=True,
+                       text=True, env={"PATH": "/usr/bin:/bin", "TAPIR_ROOT": str(tmp_path), "PYTHONPATH": str(REPO)})
+    assert r.returncode == 0, r.stderr[-2000:]
+    plans = {p.parent.name: json.loads(p.read_text()) for p in (tmp_path / "outputs/ablations").glob("*/plan.json")}
+    assert set(plans) == {f"+ablation={a}" for a in ("full", "no_curriculum", "no_balance", "no_refine", "no_expand",
+                                                     "random_selection")}
+    assert plans["+ablation=no_curriculum"]["rounds"] == 1 and plans["+ablation=full"]["rounds"] == 3
+    calls = {k: json.dumps(v) for k, v in plans.items()}
+    assert calls["+ablation=no_expand"] != calls["+ablation=full"]  # fewer expander calls planned
+
+
+def test_wandb_offline_resumes_same_run(tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    cfg = {"name": "t", "run_name": "r", "oracle": {"backends": {"openai": {"api_key": "[redacted]"}}}}
+    t = WandbTracker(str(tmp_path), cfg, project="tapir-test")
+    first_id = t.run.id
+    t.log_metrics({"round/mean_mfd": 0.5, "note": "text is skipped"}, step=0)
+    t.log_histogram("mfd/distribution", [0.1, 0.2, 1.5], step=0)
+    t.log_table("samples", ["id", "mfd"], [["a", 0.1]], step=0)
+    t.finish()
+    t2 = WandbTracker(str(tmp_path), cfg, project="tapir-test")
+    assert t2.run.id == first_id  # derived from the run directory: a requeued job continues its W&B run
+    t2.finish()
+    assert list((tmp_path / "wandb").glob("offline-run-*"))
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert rows == [{"step": 0, "round/mean_mfd": 0.5, "note": "text is skipped"}]
+
+
+def test_csv_tracker_one_row_per_round(tmp_path):
+    t = CSVTracker(str(tmp_path))
+    t.log_metrics({"a": 1}, step=0)
+    t.log_metrics({"a": 2, "b": 3}, step=1)
+    t.log_metrics({"a": 4, "b": 5}, step=1)  # a resumed round replaces its row
+    lines = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert lines == ["step,a,b", "0,1,", "1,4,5"]
