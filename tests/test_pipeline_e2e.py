@@ -10,6 +10,7 @@ ablation overrides, and plan mode.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import time
@@ -199,3 +200,32 @@ def test_plan_mode_calls_no_model(server, tmp_path):
     assert by_role["judge"]["requests"] == (24 + 28) * 4
     assert plan["total"]["cost_usd"] > 0
     assert "oracle plan" in proc.stdout
+
+
+@pytest.mark.slow
+def test_submitit_job_killed_and_resubmitted_resumes(server, reference_run, tmp_path):
+    """The SLURM code path on CPU: a multirun job through hydra's submitit launcher (submitit_local), killed
+    mid-run (SIGKILL of the whole job), then the same command resubmitted: it resumes from the run store,
+    ends with the same datasets and pays no oracle request twice beyond those in flight."""
+    args = ["--multirun", "hydra/launcher=local", "hydra.launcher.timeout_min=30",
+            *fast_overrides(server.base_url)]
+    start = server.request_count
+    proc = subprocess.Popen(TAPIR + args, cwd=tmp_path, env=tapir_env(tmp_path), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+
+    def judged_round_1() -> bool:
+        return any('"step": "mfd"' in m.read_text(errors="ignore")
+                   for m in (tmp_path / "outputs").glob("*/*/manifest.json"))
+
+    deadline = time.time() + 600
+    while not judged_round_1() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    assert proc.poll() is None, "the job finished before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)  # the launcher and its submitit job process
+    proc.wait()
+    done = run_tapir(args, tmp_path, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run_dir = next(p.parent for p in (tmp_path / "outputs").glob("*/*/summary.json"))
+    assert datasets(run_dir) == datasets(reference_run["run_dir"])
+    paid = server.request_count - start
+    assert reference_run["requests"] <= paid <= reference_run["requests"] + 8

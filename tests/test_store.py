@@ -32,14 +32,15 @@ def test_done_step_is_reused_and_changed_config_reruns_only_its_step(tmp_path):
     s = RunStore(tmp_path)
     a = s.run_records_step("a", 0, {"k": 1}, {}, make("a"))
     b = s.run_records_step("b", 0, {"k": 1}, {"a": a.entry.artifact_hash}, make("b"))
+    first_b_signature = b.entry.signature
     assert calls == ["a", "b"] and not a.reused
     s2 = RunStore(tmp_path)  # a new process: the manifest on disk is the memory
     a2 = s2.run_records_step("a", 0, {"k": 1}, {}, make("a"))
     b2 = s2.run_records_step("b", 0, {"k": 2}, {"a": a2.entry.artifact_hash}, make("b"))
     assert a2.reused and not b2.reused and calls == ["a", "b", "b"]
-    entry = json.loads((tmp_path / "manifest.json").read_text())
-    rows = entry["steps"] if "steps" in entry else entry
-    assert any("0/b" in json.dumps(r) for r in (rows.values() if isinstance(rows, dict) else rows))
+    steps = {(e["round"], e["step"]): e for e in json.loads((tmp_path / "manifest.json").read_text())["steps"]}
+    assert set(steps) == {(0, "a"), (0, "b")}
+    assert steps[(0, "b")]["signature"] != first_b_signature and steps[(0, "b")]["counts"]["records"] == 2
 
 
 def test_tampered_artifact_is_recomputed(tmp_path):

@@ -72,7 +72,9 @@ class Oracle:
         self.cache = OracleCache(cache_cfg["path"]) if cache_cfg.get("enabled", True) else NoCache()
         self.usage = UsageLedger(self.run_dir / "oracle_usage.json" if self.run_dir else None)
         self.failures_path = self.run_dir / "oracle_failures.jsonl" if self.run_dir else None
-        self.prices: dict[str, dict[str, float]] = OmegaConf.to_container(self.cfg.get("prices") or {}, resolve=True)  # type: ignore[assignment]
+        prices = self.cfg.get("prices")
+        self.prices: dict[str, dict[str, float]] = (  # type: ignore[assignment]
+            OmegaConf.to_container(prices, resolve=True) if prices is not None else {})
         self.show_progress = bool(self.cfg.get("progress", True)) if progress is None else progress
         self._backends: dict[str, Backend] = {}
         self._loop = asyncio.new_event_loop()

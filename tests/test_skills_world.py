@@ -1,0 +1,141 @@
+"""The skills world: generators and exact solving, the oracle's roles, and TAPIR's mechanisms measured on
+it (hard sets follow the student's failures, balancing hits targets, expansion keeps task and difficulty)."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import pytest
+from omegaconf import OmegaConf
+
+from tapir_exp.llm import build_oracle
+from tapir_exp.records import Example
+from tapir_exp.skills import world
+from tapir_exp.steps import balance, expand, judge, refine
+
+ROLES = ("teacher", "judge", "classifier", "expander", "refiner", "eval_judge")
+
+
+def skills_oracle(tmp_path, error_rate=0.0, harder=False):
+    cfg = OmegaConf.create({
+        "backends": {"skills": {"_target_": "tapir_exp.skills.oracle.SkillsBackend", "seed": 3,
+                                "classifier_error_rate": error_rate, "expand_harder": harder}},
+        "roles": {r: {"backend": "skills", "max_tokens": 64, "temperature": 0.0, "scoring": "logprob"} for r in ROLES},
+        "limits": {"concurrency": 16, "max_retries": 0, "parse_retries": 1},
+        "cache": {"enabled": True, "path": str(tmp_path / "cache.sqlite")}, "prices": {}, "progress": False})
+    return build_oracle(cfg, tmp_path)
+
+
+@pytest.mark.parametrize("task", world.TASKS)
+@pytest.mark.parametrize("d", [1, 2, 3])
+def test_generators_round_trip(task, d):
+    rng = random.Random(f"{task}{d}")
+    for _ in range(20):
+        inst = world.make(task, d, rng)
+        assert world.identify(inst.instruction) == (task, d)
+        assert world.solve(inst.instruction) == inst.answer is not None
+        assert world.score_answer(inst.instruction, f"work...\nAnswer: {inst.answer}") == 10
+        assert world.score_answer(inst.instruction, "Answer: nonsense") < 10
+
+
+def test_pool_mix_and_eval_sets_are_disjoint():
+    pool = world.SkillsPool(n=400, mix={"Math": 3, "Others": 1}, seed=5)()
+    counts = Counter(ex.task for ex in pool)
+    assert set(counts) == {"Math", "Others"} and 2.2 < counts["Math"] / counts["Others"] < 4.0
+    held_out = {i.instruction for i in world.eval_set(5)}
+    assert not held_out & {ex.instruction for ex in pool}
+    assert pool == world.SkillsPool(n=400, mix={"Math": 3, "Others": 1}, seed=5)()  # deterministic
+
+
+def examples(n_per_task: int, tasks=("Math", "Code Generation", "Others"), d=2, seed=0) -> list[Example]:
+    rng = random.Random(seed)
+    out = []
+    for task in tasks:
+        for i in range(n_per_task):
+            inst = world.make(task, d, rng)
+            out.append(Example(id=f"{task[:4]}-{i}", instruction=inst.instruction, output=f"Answer: {inst.answer}",
+                               task=task, meta={"difficulty": d}))
+    return out
+
+
+def student_answering(items: list[Example], masters: set[str]) -> list[Example]:
+    for ex in items:
+        ex.meta["student"] = ex.output if ex.task in masters else "Answer: 0"
+    return items
+
+
+def test_oracle_roles(tmp_path):
+    o = skills_oracle(tmp_path, error_rate=0.2)
+    items = examples(100, tasks=("Math", "Reasoning", "Complex Format", "Grammar", "Others"))
+    answers = o.chat_many("teacher", [o.request("teacher", ex.messages()) for ex in items], step="t", round=0)
+    assert all(a.text == ex.output for a, ex in zip(answers, items, strict=True))
+    from tapir_exp.steps.classify import label_tasks
+
+    truth = [ex.task for ex in items]
+    labelled, _ = label_tasks([Example.from_dict(ex.to_dict()) for ex in items], o, labels=world.TASKS + ["Music"],
+                              fallback="Others")
+    wrong = sum(a.task != t for a, t in zip(labelled, truth, strict=True)) / len(items)
+    assert 0.13 < wrong < 0.27  # the configured 20 % error rate, on 500 items
+    o.close()
+
+
+def test_mfd_hard_set_follows_what_the_student_fails_and_shrinks_as_it_learns(tmp_path):
+    o = skills_oracle(tmp_path)
+    items = examples(10)
+    judged, counts = judge.judge_mfd(student_answering(items, masters={"Others"}), o, delta=1.0, round=1)
+    hard = Counter(ex.task for ex in judged if ex.meta["hard"])
+    assert hard == {"Math": 10, "Code Generation": 10}  # exactly the tasks it fails
+    assert all(ex.meta["judge"]["orders"]["ts"]["method"] == "logprob" for ex in judged)
+    # a later student has mastered Math: its hard set shrinks to Code
+    later, _ = judge.judge_mfd(student_answering(examples(10), masters={"Others", "Math"}), o, delta=1.0, round=2)
+    assert Counter(ex.task for ex in later if ex.meta["hard"]) == {"Code Generation": 10}
+    o.close()
+
+
+def test_balancing_moves_the_mix_to_the_targets():
+    items = examples(40, tasks=("Others",)) + examples(5, tasks=("Math",), seed=1) + examples(5, tasks=("Code Generation",), seed=2)
+    out = balance.resample(items, {"Math": 0.5, "Code Generation": 0.25, "Others": 0.25}, 40, random.Random(0))
+    assert Counter(ex.task for ex in out) == {"Math": 20, "Code Generation": 10, "Others": 10}
+
+
+@pytest.mark.parametrize("harder", [False, True])
+def test_expansion_adds_items_of_the_seeds_task_and_difficulty(tmp_path, harder):
+    o = skills_oracle(tmp_path, harder=harder)
+    hard = examples(6, tasks=("Math", "Code Generation"), d=2)
+    new, counts = expand.expand_hard_seeds(hard, hard, o, ratios={"Math": 0.5, "Code Generation": 0.5}, total=10,
+                                           shots=3, threshold=0.9, max_attempts_factor=3, seed=0, round=1)
+    assert len(new) == 10 and Counter(ex.task for ex in new) == {"Math": 5, "Code Generation": 5}
+    for ex in new:
+        assert world.identify(ex.instruction) == (ex.task, 3 if harder else 2)
+        assert ex.instruction not in {h.instruction for h in hard}
+    o.close()
+
+
+def test_refinement_writes_worked_steps_ending_in_the_answer(tmp_path):
+    o = skills_oracle(tmp_path)
+    items = examples(3, tasks=("Math", "Code Generation"))
+    out, counts = refine.refine_responses(items, o, styles={"Math": "stepwise", "Code Generation": "code"},
+                                          default_style=None)
+    assert counts["refined"] == 6
+    for ex in out:
+        assert world.score_answer(ex.instruction, ex.output) == 10 and ex.output.count("\n") >= 1
+    o.close()
+
+
+@pytest.mark.slow
+def test_reduced_skills_run_end_to_end(tmp_path):
+    from tests.support_pipeline import run_tapir
+
+    proc = run_tapir(["experiment=skills_tapir", "logger=csv", "oracle.progress=false", "curriculum.rounds=2",
+                      "curriculum.size=48", "data.generator.n=160", "steps.warmup.size=48", "steps.warmup.epochs=2",
+                      "trainer.max_epochs=2", "steps.expand.per_round=12", "eval.skills.per_cell=3"], tmp_path,
+                     timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    import json
+
+    summary = json.loads(next((tmp_path / "outputs/skills").glob("*/summary.json")).read_text())
+    rounds = summary["rounds"]
+    assert len(rounds) == 3 and all("skills/accuracy" in r["eval"] for r in rounds)
+    assert rounds[1]["hard_count"] > 0 and rounds[1]["expanded"] > 0
+    assert set(rounds[1]["hard_by_task"]) <= set(world.TASKS)
