@@ -155,6 +155,8 @@ class Pipeline:
     def train(self, r: int, init_dir: Path, data: StepResult, epochs: int | None = None) -> Path:
         from tapir_exp.student.train import train_round
 
+        if epochs is None:  # a student may need its own number of passes (a random-init one needs many)
+            epochs = self.cfg.student.get("max_epochs")
         work_dir = self.store.round_dir(r) / "train_work"
         summary_holder: dict[str, Any] = {}
 

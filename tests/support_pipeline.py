@@ -92,7 +92,7 @@ def fast_overrides(base_url: str) -> list[str]:
     """A small but complete configuration: every step runs, on the HTTP oracle and a tiny student."""
     return ["oracle=openai", f"oracle.backends.openai.base_url={base_url}", "oracle.backends.openai.model=fake-model",
             "data.pool_size=24", "curriculum.rounds=2", "curriculum.size=16", "steps.expand.per_round=4",
-            "trainer.max_epochs=1", "trainer.batch_size=4", "generation.max_new_tokens=12",
+            "trainer.max_epochs=1", "student.max_epochs=2", "trainer.batch_size=4", "generation.max_new_tokens=12",
             "eval.alpaca_eval.max_items=4", "eval.mt_bench.max_questions=2", "logger=none",
             "oracle.limits.concurrency=8", "oracle.limits.max_retries=2", "oracle.limits.backoff_base_s=0.05",
             "oracle.progress=false", "steps.classify.method=oracle"]

@@ -1,5 +1,6 @@
 """Turning conversations into training batches: chat-template tokenisation with the loss on the assistant's
-answer only, and length-grouped batching that is deterministic, distributed-aware and resumable mid-epoch."""
+answer only; packing of several examples into one row without attention between them; and length-grouped
+batching that is deterministic, distributed-aware and resumable mid-epoch."""
 
 from __future__ import annotations
 
@@ -32,18 +33,63 @@ def encode(tokenizer: Any, conversations: list[list[dict[str, str]]], max_length
     return out
 
 
+def pack(examples: list[dict[str, list[int]]], capacity: int, seed: int) -> list[dict[str, list[int]]]:
+    """Rows of up to ``capacity`` tokens, each the concatenation of several examples (first-fit decreasing
+    over a seeded order, so the result is deterministic).
+
+    Every row carries ``position_ids`` that restart at 0 for each example. With no attention mask, transformers
+    (>= 4.53; flash-attention and SDPA/eager alike) reads the restarts as sequence boundaries and gives each
+    example a block-diagonal causal mask, so no token attends across examples. The token after a boundary is
+    the next example's first prompt token, whose label is already masked, so no loss crosses a boundary either.
+    """
+    order = list(range(len(examples)))
+    random.Random(f"pack/{seed}").shuffle(order)
+    order.sort(key=lambda i: -len(examples[i]["input_ids"]))
+    rows: list[list[int]] = []
+    free: list[int] = []
+    for i in order:
+        n = min(len(examples[i]["input_ids"]), capacity)
+        for r, room in enumerate(free):
+            if n <= room:
+                rows[r].append(i)
+                free[r] -= n
+                break
+        else:
+            rows.append([i])
+            free.append(capacity - n)
+    packed = []
+    for members in rows:
+        row: dict[str, list[int]] = {"input_ids": [], "labels": [], "position_ids": []}
+        for i in members:
+            ids = examples[i]["input_ids"][:capacity]
+            row["input_ids"] += ids
+            row["labels"] += examples[i]["labels"][:capacity]
+            row["position_ids"] += list(range(len(ids)))
+        packed.append(row)
+    return packed
+
+
 def collate(batch: list[dict[str, list[int]]], pad_id: int) -> dict[str, Any]:
+    """Right-padded tensors. Packed rows (with ``position_ids``) get no attention mask — the position restarts
+    delimit their examples, and the padding tail is one more "example" whose labels are all ignored."""
     import torch
 
     width = max(len(b["input_ids"]) for b in batch)
     ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
     labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
     mask = torch.zeros((len(batch), width), dtype=torch.long)
+    packed = "position_ids" in batch[0]
+    pos = torch.zeros((len(batch), width), dtype=torch.long)
     for i, b in enumerate(batch):
         n = len(b["input_ids"])
         ids[i, :n] = torch.tensor(b["input_ids"])
         labels[i, :n] = torch.tensor(b["labels"])
         mask[i, :n] = 1
+        if packed:
+            pos[i, :n] = torch.tensor(b["position_ids"])
+            pos[i, n:] = torch.arange(width - n)
+    if packed:
+        return {"input_ids": ids, "labels": labels, "position_ids": pos, "attention_mask": None}
     return {"input_ids": ids, "labels": labels, "attention_mask": mask}
 
 

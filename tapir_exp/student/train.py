@@ -22,8 +22,13 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from tapir_exp.student.data import LengthGroupedBatches, collate, encode
-from tapir_exp.student.strategies import build_strategy, deepspeed_stage
+from tapir_exp.student.data import LengthGroupedBatches, collate, encode, pack
+from tapir_exp.student.strategies import (
+    build_optimizer,
+    build_strategy,
+    deepspeed_stage,
+    hf_model_from_zero_checkpoint,
+)
 
 CKPT = "last.ckpt"
 LOSSES = "losses.jsonl"
@@ -49,7 +54,7 @@ class SFTModule(L.LightningModule):
         self.tc, self.lora, self.gc, self.total_steps, self.log_path = trainer_cfg, lora, gradient_checkpointing, \
             total_steps, log_path
         self.sampler = LengthGroupedBatches([len(e["input_ids"]) for e in examples], int(trainer_cfg["batch_size"]),
-                                            seed, group=bool(trainer_cfg.get("packing", True)))
+                                            seed, group=bool(trainer_cfg.get("group_by_length", True)))
         self.model = None
         self._done_in_epoch = 0
 
@@ -77,7 +82,8 @@ class SFTModule(L.LightningModule):
                                            num_workers=int(self.tc.get("num_workers", 0)))
 
     def training_step(self, batch, batch_idx):
-        out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
+        out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"],
+                         position_ids=batch.get("position_ids"), use_cache=False)
         self.log("train/loss", out.loss.detach(), prog_bar=True, on_step=True, batch_size=batch["input_ids"].shape[0])
         return {"loss": out.loss, "tokens": int((batch["labels"] != -100).sum())}
 
@@ -103,9 +109,7 @@ class SFTModule(L.LightningModule):
             self.sampler.resume(int(p["epoch"]), self._resume_done)
 
     def configure_optimizers(self):
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        wd = float(self.tc.get("weight_decay", 0.0))
-        opt = torch.optim.AdamW(params, lr=float(self.tc["lr"]), weight_decay=wd)
+        opt = build_optimizer([p for p in self.model.parameters() if p.requires_grad], self.tc)
         warm = max(0, int(self.total_steps * float(self.tc.get("warmup_ratio", 0.0))))
         floor = float(self.tc.get("min_lr_ratio", 0.0))
         total = max(1, self.total_steps)
@@ -161,6 +165,8 @@ def train_round(init_dir: str | Path, conversations: list[list[dict[str, str]]],
     if not examples:
         raise ValueError("no training example left after tokenisation (all answers empty or cut off)")
     tc = OmegaConf.to_container(trainer_cfg, resolve=True)
+    if tc.get("packing"):
+        examples = pack(examples, int(tc.get("pack_length") or student_cfg.max_length), seed)
     lora = OmegaConf.to_container(student_cfg.lora, resolve=True) if student_cfg.get("lora") else None
     epochs = int(max_epochs if max_epochs is not None else tc["max_epochs"])
     accum = int(tc.get("accumulate_grad_batches", 1))
@@ -221,21 +227,15 @@ def _checkpoint_step(path: Path) -> int | None:
 
 def _save_model(module: SFTModule, tok: Any, out_dir: Path, lora: dict | None, trainer: L.Trainer,
                 trainer_cfg: DictConfig, work_dir: Path) -> None:
+    final = work_dir / "final.ckpt"
+    zero3 = deepspeed_stage(trainer_cfg) == 3
+    if zero3:
+        # ZeRO-3 shards the weights: every rank writes its shard (a collective call), rank 0 consolidates.
+        trainer.save_checkpoint(final)
     if not trainer.is_global_zero:
         return
     out_dir.mkdir(parents=True, exist_ok=True)
-    model = module.model
-    if deepspeed_stage(trainer_cfg) == 3:
-        # ZeRO-3 shards the weights: consolidate the final checkpoint into one fp32 state dict first.
-        from lightning.pytorch.utilities.deepspeed import convert_zero_checkpoint_to_fp32_state_dict
-        from transformers import AutoModelForCausalLM
-
-        final = work_dir / "final.ckpt"
-        trainer.save_checkpoint(final)
-        state = convert_zero_checkpoint_to_fp32_state_dict(final, work_dir / "final_fp32.pt")
-        model = AutoModelForCausalLM.from_pretrained(module.model_dir)
-        model.load_state_dict({k.removeprefix("_forward_module.").removeprefix("model."): v
-                               for k, v in state["state_dict"].items()}, strict=False)
+    model = hf_model_from_zero_checkpoint(final, module.model_dir, work_dir) if zero3 else module.model
     if lora and lora.get("enabled"):
         if lora.get("merge", True):
             model = model.merge_and_unload()
