@@ -17,6 +17,7 @@ import logging
 import random
 import shutil
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -237,9 +238,10 @@ class Pipeline:
         self._note(r, "mfd", judged)
 
         hard, easy = self.select(judged.records, r)
-        by_task_hard: dict[str, int] = {}
-        for ex in hard:
-            by_task_hard[ex.task or "Others"] = by_task_hard.get(ex.task or "Others", 0) + 1
+        by_task_hard = Counter(ex.task or "Others" for ex in hard)  # what was selected as "hard"
+        # what MFD finds hard, per task, whatever the selection (random selection ablates only the choice)
+        judged_by_task = Counter(ex.task or "Others" for ex in judged.records)
+        mfd_hard_by_task = Counter(ex.task or "Others" for ex in judged.records if ex.meta.get("hard"))
 
         e = steps.expand
         if e.enabled and hard:
@@ -287,7 +289,8 @@ class Pipeline:
             hard_fraction=round(len(hard) / max(1, len(judged.records)), 4), alpha=alpha, round_size=len(dataset.records),
             expanded=len(new_items), task_mix_before=mixed.entry.counts.get("task_mix_before"),
             task_mix_after=mixed.entry.counts.get("task_mix_after"), mfd=[round(x, 3) for x in mfds],
-            hard_by_task=by_task_hard, mean_mfd=round(sum(mfds) / len(mfds), 4) if mfds else None,
+            hard_by_task=dict(by_task_hard), judged_by_task=dict(judged_by_task),
+            mfd_hard_by_task=dict(mfd_hard_by_task), mean_mfd=round(sum(mfds) / len(mfds), 4) if mfds else None,
             refined=dataset.entry.counts.get("refined", 0))
         self._log_round_data(r, judged.records, dataset)
 

@@ -2,6 +2,8 @@
 
 Finds every ``summary.json`` under the given directories and writes a comparison table of the last round
 (Markdown and CSV) plus PNG plots per round: eval metrics, mean MFD and hard fraction, train loss, task mix.
+Skills-world runs (``experiment=skills_*``) also get exact-match accuracy per task per round with 95 %
+intervals, pooled over the seeds of each setting, and MFD's hard fraction per task over rounds.
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import re
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +43,10 @@ def load(run: Path) -> dict[str, Any]:
     rounds = doc.get("rounds") or []
     per_round = [RunSummary.flatten(r) for r in rounds]
     label = f"{doc.get('name', run.parent.name)}/{doc.get('run_name', run.name)}"
-    return {"run": str(run), "label": label, "rounds": rounds, "per_round": per_round}
+    # runs that differ only in their seed form one setting (pooled in the skills report)
+    setting = re.sub(r"(^|,)seed=[^,]*", "", str(doc.get("run_name", run.name))).strip(",") or "default"
+    return {"run": str(run), "label": label, "setting": f"{doc.get('name', run.parent.name)}/{setting}",
+            "rounds": rounds, "per_round": per_round}
 
 
 def write_tables(runs: list[dict[str, Any]], out: Path) -> None:
@@ -85,6 +92,103 @@ def plot(runs: list[dict[str, Any]], out: Path) -> list[Path]:
     return made
 
 
+def skills_tables(runs: list[dict[str, Any]]) -> tuple[dict, dict, list[str]]:
+    """Pool the runs of each setting: accuracy[setting][task][round] = (correct, total), and
+    hard[setting][task][round] = (MFD-hard, judged)."""
+    acc: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(lambda: [0, 0])))
+    hard: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(lambda: [0, 0])))
+    tasks: set[str] = set()
+    for run in runs:
+        for rec in run["rounds"]:
+            ev, r = rec.get("eval") or {}, rec["round"]
+            for key, n in ev.items():
+                m = re.fullmatch(r"skills/n/(.+)", key)
+                if m and m.group(1) != "all" and f"skills/acc/{m.group(1)}" in ev:
+                    task = m.group(1)
+                    tasks.add(task)
+                    cell = acc[run["setting"]][task][r]
+                    cell[0] += round(ev[f"skills/acc/{task}"] * n)
+                    cell[1] += int(n)
+            if "skills/n/all" in ev:
+                cell = acc[run["setting"]]["all"][r]
+                cell[0] += round(ev["skills/accuracy"] * ev["skills/n/all"])
+                cell[1] += int(ev["skills/n/all"])
+            for task, n in (rec.get("judged_by_task") or {}).items():
+                cell = hard[run["setting"]][task][r]
+                cell[0] += int((rec.get("mfd_hard_by_task") or {}).get(task, 0))
+                cell[1] += int(n)
+    return acc, hard, sorted(tasks) + (["all"] if tasks else [])
+
+
+def skills_report(runs: list[dict[str, Any]], out: Path) -> tuple[str, list[Path]]:
+    from tapir_exp.skills.evaluate import wilson
+
+    acc, hard, tasks = skills_tables(runs)
+    if not tasks:
+        return "", []
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    seeds = defaultdict(int)
+    for run in runs:
+        seeds[run["setting"]] += 1
+    settings = sorted(acc)
+    lines = ["## Skills world: exact-match accuracy, last round (95 % Wilson interval, seeds pooled)", "",
+             "| setting | seeds | " + " | ".join(tasks) + " |", "|" + "---|" * (len(tasks) + 2)]
+    for st in settings:
+        cells = []
+        for task in tasks:
+            per_round = acc[st].get(task) or {}
+            if not per_round:
+                cells.append("")
+                continue
+            k, n = per_round[max(per_round)]
+            lo, hi = wilson(k, n)
+            cells.append(f"{k / n:.2f} [{lo:.2f}, {hi:.2f}]")
+        lines.append(f"| {st} | {seeds[st]} | " + " | ".join(cells) + " |")
+    made = []
+    for name, table, title, with_ci in (("skills_accuracy", acc, "exact-match accuracy", True),
+                                        ("skills_hard_fraction", hard, "MFD hard fraction", False)):
+        panels = [t for t in tasks if any(table[st].get(t) for st in settings)]
+        if not panels:
+            continue
+        cols = min(4, len(panels))
+        rows = -(-len(panels) // cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.8 * rows), squeeze=False, sharey=True)
+        for ax, task in zip(axes.flat, panels, strict=False):
+            for st in settings:
+                pts = sorted((table[st].get(task) or {}).items())
+                if not pts:
+                    continue
+                xs = [r for r, _ in pts]
+                ys = [k / n if n else 0.0 for _, (k, n) in pts]
+                if with_ci:
+                    cis = [wilson(k, n) for _, (k, n) in pts]
+                    err = [[y - lo for y, (lo, _) in zip(ys, cis, strict=True)],
+                           [hi - y for y, (_, hi) in zip(ys, cis, strict=True)]]
+                    ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=st)
+                else:
+                    ax.plot(xs, ys, marker="o", label=st)
+            ax.set_title(task, fontsize=9)
+            ax.set_xlabel("round", fontsize=8)
+            ax.set_ylim(-0.05, 1.05)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        for ax in list(axes.flat)[len(panels):]:
+            ax.axis("off")
+        handles, labels = axes.flat[0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="lower center", ncol=min(3, len(labels)), fontsize=7)
+        fig.suptitle(f"skills world: {title} per task" + (" (95 % Wilson, seeds pooled)" if with_ci else ""))
+        fig.tight_layout(rect=(0, 0.06 + 0.02 * (len(labels) // 3), 1, 0.95))
+        path = out / f"{name}.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        made.append(path)
+    return "\n".join(lines) + "\n", made
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="tapir-report", description=__doc__.splitlines()[0])
     ap.add_argument("dirs", nargs="+", help="run directories or sweep directories (searched recursively)")
@@ -95,5 +199,10 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     write_tables(runs, out)
     pngs = plot(runs, out)
+    skills_md, skills_pngs = skills_report(runs, out)
+    if skills_md:
+        with open(out / "report.md", "a") as fh:
+            fh.write("\n" + skills_md)
+    pngs += skills_pngs
     print((out / "report.md").read_text())
     print(f"tapir-report: {len(runs)} run(s); wrote {out}/report.md, report.csv and {len(pngs)} plot(s)")

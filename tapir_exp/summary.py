@@ -103,7 +103,8 @@ def print_round(rec: dict[str, Any]) -> None:
         t.add_row("train loss", f"{_fmt(tr.get('first_loss'))} -> {_fmt(tr.get('final_loss'))} ({tr.get('steps')} steps)")
     ev = rec.get("eval") or {}
     if ev:
-        shown = {k: v for k, v in ev.items() if k in ("alpaca_eval/win_rate", "alpaca_eval/lc_win_rate", "mt_bench/score")}
+        shown = {k: v for k, v in ev.items()
+                 if k in ("alpaca_eval/win_rate", "alpaca_eval/lc_win_rate", "mt_bench/score", "skills/accuracy")}
         t.add_row("eval", ", ".join(f"{k} {_fmt(v)}" for k, v in shown.items()) or "-")
     o = rec.get("oracle") or {}
     if o:

@@ -3,6 +3,7 @@ it (hard sets follow the student's failures, balancing hits targets, expansion k
 
 from __future__ import annotations
 
+import json
 import random
 from collections import Counter
 
@@ -132,10 +133,44 @@ def test_reduced_skills_run_end_to_end(tmp_path):
                       "trainer.max_epochs=2", "steps.expand.per_round=12", "eval.skills.per_cell=3"], tmp_path,
                      timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    import json
 
     summary = json.loads(next((tmp_path / "outputs/skills").glob("*/summary.json")).read_text())
     rounds = summary["rounds"]
     assert len(rounds) == 3 and all("skills/accuracy" in r["eval"] for r in rounds)
     assert rounds[1]["hard_count"] > 0 and rounds[1]["expanded"] > 0
     assert set(rounds[1]["hard_by_task"]) <= set(world.TASKS)
+
+
+def test_report_pools_seeds_per_setting_with_intervals(tmp_path):
+    from tapir_exp.report import main as report_main
+    from tapir_exp.skills.evaluate import wilson
+
+    def run(setting: str, seed: int, math_acc: list[float], hard: list[int]) -> None:
+        rounds = []
+        for r, a in enumerate(math_acc):
+            rec = {"round": r, "eval": {"skills/acc/Math": a, "skills/n/Math": 10, "skills/accuracy": a,
+                                        "skills/n/all": 10}}
+            if r:
+                rec.update(judged_by_task={"Math": 20}, mfd_hard_by_task={"Math": hard[r - 1]})
+            rounds.append(rec)
+        d = tmp_path / "outputs/skills" / f"{setting},seed={seed}"
+        d.mkdir(parents=True)
+        (d / "summary.json").write_text(json.dumps({"name": "skills", "run_name": f"{setting},seed={seed}",
+                                                    "rounds": rounds}))
+
+    run("experiment=skills_tapir", 1, [0.0, 0.3, 0.6], [18, 10])
+    run("experiment=skills_tapir", 2, [0.0, 0.5, 0.8], [16, 6])
+    run("experiment=skills_no_expand", 1, [0.0, 0.1, 0.2], [19, 17])
+    out = tmp_path / "report"
+    report_main([str(tmp_path / "outputs/skills"), "--out", str(out)])
+    md = (out / "report.md").read_text()
+    lo, hi = wilson(14, 20)  # seeds pooled: 6 + 8 correct of 20 in the last round
+    assert f"| skills/experiment=skills_tapir | 2 | 0.70 [{lo:.2f}, {hi:.2f}]" in md
+    assert "| skills/experiment=skills_no_expand | 1 | 0.20 [" in md
+    from tapir_exp.report import find_runs, load, skills_tables
+
+    acc, hard, tasks = skills_tables([load(r) for r in find_runs([str(tmp_path / "outputs/skills")])])
+    assert tasks == ["Math", "all"]
+    assert hard["skills/experiment=skills_tapir"]["Math"][2] == [16, 40]  # 10 + 6 hard of 20 + 20 judged
+    for png in ("skills_accuracy.png", "skills_hard_fraction.png"):
+        assert (out / png).stat().st_size > 10_000

@@ -179,3 +179,15 @@ def test_refine_checks():
     assert refine.style_for("Math", {"Math": "stepwise"}, None) == "stepwise"
     assert refine.style_for("Art", {"Math": "stepwise"}, None) is None
     assert refine.style_for("Art", {"Math": "stepwise"}, "concise") == "concise"
+
+
+def test_build_mix_does_not_repeat_a_few_easy_items_when_hard_ones_are_left():
+    hard = make(30, "Math", "h", hard=True)
+    easy = make(2, "Reasoning", "e")
+    mix, counts = curriculum.build_mix(hard, easy, alpha=0.3, size=20, mode="curriculum", resample=balance.resample,
+                                       ratios=None, seed=0, round=1)
+    assert counts["easy"] == 2 and counts["hard"] == 18 and len({e.id for e in mix}) == 20
+    # both parts short: now items repeat to fill the round
+    mix, counts = curriculum.build_mix(hard[:5], easy, alpha=0.5, size=10, mode="curriculum",
+                                       resample=balance.resample, ratios=None, seed=0, round=1)
+    assert len(mix) == 10 and counts["easy"] == 2 and counts["hard"] == 8

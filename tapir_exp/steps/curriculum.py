@@ -48,8 +48,11 @@ def build_mix(hard: list[Example], easy: list[Example], *, alpha: float, size: i
               resample: Any, ratios: Mapping[str, float] | None, seed: int, round: int) -> tuple[list[Example], dict[str, Any]]:
     """The round's training mix.
 
-    ``mode='curriculum'``: ``round(alpha * size)`` hard items (never more than there are distinct hard items,
-    the shortfall goes to the easy part) and the rest easy, each part resampled to the task ratios.
+    ``mode='curriculum'``: ``round(alpha * size)`` hard items and the rest easy, each part resampled to the
+    task ratios. Neither part takes more than its distinct items while the other has some to spare: a
+    shortfall of hard items goes to the easy part and vice versa (a student that fails almost everything
+    would otherwise train on a handful of easy items repeated dozens of times). Only when both run out are
+    items repeated.
     ``mode='all'``: hard and easy together, resampled to ``size``. ``resample(items, ratios, n, rng)`` is the
     balancing function (ratios None = plain sampling).
     """
@@ -64,8 +67,9 @@ def build_mix(hard: list[Example], easy: list[Example], *, alpha: float, size: i
         raise ConfigError("curriculum.mix", f"expected curriculum or all, got {mode!r}")
     n_hard = min(round_int(alpha * size), len(hard))
     n_easy = size - n_hard
-    if not easy:  # nothing easy left: the student fails everything, so train on hard items only
-        n_hard, n_easy = size, 0
+    if n_easy > len(easy):  # too few easy items: the rest of the round is hard (repeated only if it must be)
+        n_easy = len(easy)
+        n_hard = size - n_easy
     hard_part = resample(hard, ratios, n_hard, rng)
     easy_part = resample(easy, ratios, n_easy, rng)
     mix = hard_part + easy_part
