@@ -46,6 +46,13 @@ def test_pool_mix_and_eval_sets_are_disjoint():
     assert set(counts) == {"Math", "Others"} and 2.2 < counts["Math"] / counts["Others"] < 4.0
     held_out = {i.instruction for i in world.eval_set(5)}
     assert not held_out & {ex.instruction for ex in pool}
+    # the eval set is fixed across runs (eval.skills.seed); every run's pool avoids that one, not its own
+    other = world.SkillsPool(n=400, mix={"Others": 1}, difficulties=[1], seed=7, heldout_seed=1234,
+                             heldout_per_cell=20)()
+    fixed = {i.instruction for i in world.eval_set(1234, per_cell=20)}
+    assert not fixed & {ex.instruction for ex in other}
+    unguarded = world.SkillsPool(n=400, mix={"Others": 1}, difficulties=[1], seed=7, heldout_seed=7)()
+    assert fixed & {ex.instruction for ex in unguarded}  # the guard matters: 400 of ~980 short words overlap
     assert pool == world.SkillsPool(n=400, mix={"Math": 3, "Others": 1}, seed=5)()  # deterministic
 
 

@@ -217,8 +217,10 @@ class SkillsPool:
     """``data.generator``: a seeded pool with a task mix and a difficulty spread (``fn() -> list[Example]``)."""
 
     def __init__(self, n: int = 600, mix: Mapping[str, float] | None = None, difficulties: list[int] | None = None,
-                 seed: int = 0, salt: str = "pool"):
+                 seed: int = 0, salt: str = "pool", heldout_seed: int | None = None, heldout_per_cell: int = 10):
         self.n, self.seed, self.salt = int(n), int(seed), salt
+        # the eval set the pool must never contain: the one evaluate_skills builds (eval.skills.seed/per_cell)
+        self.heldout = (int(self.seed if heldout_seed is None else heldout_seed), int(heldout_per_cell))
         self.mix = dict(mix or dict.fromkeys(TASKS, 1.0))
         unknown = set(self.mix) - set(TASKS)
         if unknown:
@@ -235,7 +237,7 @@ class SkillsPool:
             attempts += 1
             task = rng.choices(tasks, weights)[0]
             inst = make(task, rng.choice(self.difficulties), rng)
-            if inst.instruction in seen or inst.instruction in _eval_instructions(self.seed):
+            if inst.instruction in seen or inst.instruction in _eval_instructions(*self.heldout):
                 continue
             seen.add(inst.instruction)
             out.append(Example(id=f"skill-{len(out):05d}", instruction=inst.instruction, task=task, source="skills",
@@ -261,10 +263,10 @@ def eval_set(seed: int, per_cell: int = 10, tasks: list[str] | None = None,
     return out
 
 
-_EVAL_CACHE: dict[int, set[str]] = {}
+_EVAL_CACHE: dict[tuple[int, int], set[str]] = {}
 
 
-def _eval_instructions(seed: int) -> set[str]:
-    if seed not in _EVAL_CACHE:
-        _EVAL_CACHE[seed] = {i.instruction for i in eval_set(seed)}
-    return _EVAL_CACHE[seed]
+def _eval_instructions(seed: int, per_cell: int = 10) -> set[str]:
+    if (seed, per_cell) not in _EVAL_CACHE:
+        _EVAL_CACHE[(seed, per_cell)] = {i.instruction for i in eval_set(seed, per_cell=per_cell)}
+    return _EVAL_CACHE[(seed, per_cell)]
