@@ -26,6 +26,7 @@ from omegaconf import DictConfig
 
 from tapir_exp.config import to_container
 from tapir_exp.data import load_pool
+from tapir_exp.distributed import launch_rank
 from tapir_exp.records import Example
 from tapir_exp.steps import balance, classify, curriculum, expand, judge, refine, respond
 from tapir_exp.store import RunStore, StepResult, stable_hash
@@ -57,13 +58,16 @@ def role_signature(oracle_cfg: DictConfig, role: str) -> dict[str, Any]:
 class Pipeline:
     def __init__(self, cfg: DictConfig, run_dir: Path, tracker: Any):
         self.cfg, self.run_dir, self.tracker = cfg, Path(run_dir), tracker
-        self.store = RunStore(run_dir)
+        # In a multi-process job only rank 0 computes steps; the others follow the store and join training.
+        self.rank, self.world = launch_rank()
+        self.leader = self.rank == 0
+        self.store = RunStore(run_dir, rank=self.rank)
         self.seed = int(cfg.seed)
         self.steps = cfg.steps
         self.budget = float(cfg.steps.failure_budget)
         self.ratios = to_container(cfg.tasks.ratios) if cfg.tasks.get("ratios") is not None else None
         self.labels = list(cfg.tasks.labels)
-        self.summary = RunSummary(self.run_dir, cfg)
+        self.summary = RunSummary(self.run_dir, cfg, readonly=not self.leader)
         self._oracle = None
         self._generator = None
 
@@ -173,7 +177,7 @@ class Pipeline:
         trained = self.store.run_dir_step(
             "student", r, {"student": to_container(self.cfg.student), "trainer": to_container(self.cfg.trainer),
                            "epochs": epochs, "seed": self.seed + r},
-            {"init": self._hash_of(init_dir), "data": data.entry.artifact_hash}, fit)
+            {"init": self._hash_of(init_dir), "data": data.entry.artifact_hash}, fit, collective=True)
         if not trained.reused:
             shutil.rmtree(work_dir, ignore_errors=True)  # mid-round checkpoints are no longer needed
         self._note(r, "student", trained)
@@ -340,7 +344,7 @@ class Pipeline:
 
     def _note(self, r: int, step: str, result: StepResult) -> None:
         self.summary.add_seconds(r, step, result.entry.seconds)
-        if result.reused:
+        if result.reused and self.leader:  # a follower "reuses" every step: that is how it follows
             log.info("round %d %s: reused (%s)", r, step, result.entry.artifact)
 
     def _log_round_data(self, r: int, judged: list[Example], dataset: StepResult) -> None:
@@ -360,7 +364,8 @@ class Pipeline:
         self.summary.update(r, oracle=usage_for_round(self.oracle_usage(), r), wall_seconds=round(time.time() - t0, 1))
         self.summary.save()
         self.tracker.log_metrics(self.summary.flat_metrics(r), step=r)
-        print_round(self.summary.round(r))
+        if self.leader:
+            print_round(self.summary.round(r))
 
 
 def usage_for_round(usage: dict[str, Any], r: int) -> dict[str, Any]:
@@ -382,8 +387,8 @@ def run_pipeline(cfg: DictConfig, run_dir: Path, tracker: Any) -> dict[str, Any]
             student, pool = p.run_round(r, pool, student)
             p.evaluate(r, student)
             p.finish_round(r, t0)
-        final = p.store.root / "final_student"
-        _link_final(student, final)
+        if p.leader:
+            _link_final(student, p.store.root / "final_student")
         metrics = p.summary.flat_metrics(int(cfg.curriculum.rounds))
         objective_key = cfg.get("objective", "alpaca_eval/lc_win_rate")
         print(f"tapir: done. Run directory: {run_dir}  (final student: {student})")

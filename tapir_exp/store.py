@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tapir_exp.errors import TapirError
 from tapir_exp.records import Example, load_examples, write_jsonl
 
 
@@ -133,14 +134,21 @@ class StepResult:
 
 
 class RunStore:
-    """Artifacts and manifest of one run directory."""
+    """Artifacts and manifest of one run directory.
+
+    ``rank > 0`` makes a *follower* (the other processes of a multi-GPU job, see ``tapir_exp.distributed``):
+    it never computes or commits a step, it waits until the leader (rank 0) has committed the step with the
+    same signature and loads that — except collective steps (training), which every rank runs together and
+    only the leader commits."""
 
     MANIFEST = "manifest.json"
 
-    def __init__(self, run_dir: str | os.PathLike):
+    def __init__(self, run_dir: str | os.PathLike, rank: int = 0, poll_s: float = 2.0):
         self.root = Path(run_dir)
         self.root.mkdir(parents=True, exist_ok=True)
-        self._clean_temporaries()
+        self.follower, self.poll_s = rank > 0, float(poll_s)
+        if not self.follower:  # a follower must not delete the leader's writes in progress
+            self._clean_temporaries()
         self.entries: dict[str, StepEntry] = self._load_manifest()
 
     # ------------------------------------------------------------------ paths
@@ -177,6 +185,19 @@ class RunStore:
     def entry(self, step: str, round: int) -> StepEntry | None:
         return self.entries.get(f"{round}/{step}")
 
+    def await_leader(self, step: str, round: int, signature: str) -> None:
+        """Follower: block until the leader has committed this step with this signature."""
+        from tapir_exp.distributed import leader_failure
+
+        while True:
+            self.entries = self._load_manifest()
+            if self.is_done(step, round, signature):
+                return
+            failed = leader_failure(self.root)
+            if failed:
+                raise TapirError(f"{self.root}: the leader (rank 0) failed before step {round}/{step}: {failed}")
+            time.sleep(self.poll_s)
+
     def is_done(self, step: str, round: int, signature: str) -> bool:
         e = self.entry(step, round)
         if e is None or e.signature != signature:
@@ -208,6 +229,8 @@ class RunStore:
         """
         sig = self.signature(step, config, inputs)
         path = self.artifact_path(step, round)
+        if self.follower:
+            self.await_leader(step, round, sig)
         if self.is_done(step, round, sig):
             return StepResult(load_examples(path), path, self.entry(step, round), reused=True)
         t0 = time.perf_counter()
@@ -225,10 +248,19 @@ class RunStore:
         inputs: dict[str, str],
         compute: Callable[[Path], dict[str, Any]],
         name: str | None = None,
+        collective: bool = False,
     ) -> StepResult:
-        """Like :meth:`run_records_step` for a directory artifact; ``compute(tmp_dir)`` fills it and returns counts."""
+        """Like :meth:`run_records_step` for a directory artifact; ``compute(tmp_dir)`` fills it and returns counts.
+
+        ``collective``: every rank runs ``compute`` (distributed training); a follower's output directory is
+        private and discarded, the leader's is committed."""
         sig = self.signature(step, config, inputs)
         path = self.round_dir(round) / (name or step)
+        if self.follower:
+            if collective and not self.is_done(step, round, sig):
+                with tempfile.TemporaryDirectory(prefix=f".{step}-follower-", suffix=".tmp", dir=self.root) as tmp:
+                    compute(Path(tmp))
+            self.await_leader(step, round, sig)
         if self.is_done(step, round, sig):
             return StepResult(None, path, self.entry(step, round), reused=True)
         t0 = time.perf_counter()
@@ -248,6 +280,8 @@ class RunStore:
         """Like :meth:`run_records_step` for a JSON document (metrics, reports)."""
         sig = self.signature(step, config, inputs)
         path = self.artifact_path(step, round, ".json")
+        if self.follower:
+            self.await_leader(step, round, sig)
         if self.is_done(step, round, sig):
             return json.loads(path.read_text(encoding="utf-8")), self.entry(step, round), True
         t0 = time.perf_counter()

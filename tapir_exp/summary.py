@@ -16,8 +16,8 @@ from tapir_exp.store import atomic_write_json
 class RunSummary:
     FILE = "summary.json"
 
-    def __init__(self, run_dir: Path, cfg: DictConfig | None = None):
-        self.path = Path(run_dir) / self.FILE
+    def __init__(self, run_dir: Path, cfg: DictConfig | None = None, readonly: bool = False):
+        self.path, self.readonly = Path(run_dir) / self.FILE, readonly  # readonly: a follower rank
         self.doc: dict[str, Any] = {"rounds": []}
         if self.path.exists():
             self.doc = json.loads(self.path.read_text(encoding="utf-8"))
@@ -40,7 +40,8 @@ class RunSummary:
         self.round(r).setdefault("seconds", {})[step] = seconds
 
     def save(self) -> None:
-        atomic_write_json(self.path, self.doc)
+        if not self.readonly:
+            atomic_write_json(self.path, self.doc)
 
     def flat_metrics(self, r: int) -> dict[str, float]:
         """Scalars of round r for a logger: sizes, hard fraction, MFD, losses, eval, oracle usage, seconds."""

@@ -40,7 +40,14 @@ def run(cfg: DictConfig) -> dict[str, Any] | None:
         from tapir_exp.pipeline import plan
 
         return plan(cfg)
-    tracker = build_tracker(cfg, run_dir)
+    from tapir_exp.distributed import clear_leader_failed, launch_rank, mark_leader_failed
+    from tapir_exp.tracking import NullTracker
+
+    leader = launch_rank()[0] == 0
+    if leader:
+        clear_leader_failed(run_dir)
+    # one W&B run per pipeline run: the follower ranks of a multi-GPU job log nothing
+    tracker = build_tracker(cfg, run_dir) if leader else NullTracker()
     exit_code = 1
     try:
         if cfg.mode == "eval":
@@ -53,5 +60,9 @@ def run(cfg: DictConfig) -> dict[str, Any] | None:
             result = run_pipeline(cfg, run_dir, tracker)
         exit_code = 0
         return result
+    except BaseException as e:
+        if leader and cfg.mode != "eval":
+            mark_leader_failed(run_dir, e)
+        raise
     finally:
         tracker.finish(exit_code=exit_code)

@@ -183,3 +183,25 @@ def test_ddp_two_cpu_processes_train_and_hand_back_weights(tiny, tmp_path):
     init = AutoModelForCausalLM.from_pretrained(tiny)
     changed = any((a - b).abs().sum() > 0 for a, b in zip(trained.parameters(), init.parameters(), strict=True))
     assert changed  # the main process saved the workers' trained weights, not the initial ones
+
+
+def test_openai_generator_answers_through_a_served_student():
+    """generation=openai: a student behind an OpenAI-compatible endpoint (real HTTP on 127.0.0.1), with the
+    oracle client's retries; a request that keeps failing is an error, not a silently missing answer."""
+    from tapir_exp.llm.oracle import BudgetExceeded
+    from tapir_exp.student.generate import OpenAIGenerator
+    from tapir_exp.testing.openai_server import FakeOpenAIServer
+
+    convs = [[{"role": "user", "content": f"question {i}"}] for i in range(6)]
+    with FakeOpenAIServer(responder=lambda body: "answer to " + body["messages"][-1]["content"]) as srv:
+        srv.inject("500", times=1)
+        gens = OpenAIGenerator(base_url=srv.base_url, max_new_tokens=20, seed=3, max_retries=2, backoff_base_s=0.05).generate(
+            "/ckpt/round_1/student", convs)
+        assert [g.text for g in gens] == [f"answer to question {i}" for i in range(6)]
+        assert all(g.finish_reason == "stop" and g.completion_tokens > 0 and g.prompt_tokens > 0 for g in gens)
+        assert srv.faults_served == ["500"] and len(srv.requests) == 7
+        sent = srv.requests[-1]
+        assert sent["model"] == "/ckpt/round_1/student" and sent["max_tokens"] == 20 and sent["seed"] == 3
+    with FakeOpenAIServer(fault_when=lambda body: "500" if body["messages"][-1]["content"] == "question 2" else None) \
+            as srv, pytest.raises(BudgetExceeded):
+        OpenAIGenerator(base_url=srv.base_url, model="student", max_retries=1, backoff_base_s=0.05).generate("unused", convs)

@@ -4,6 +4,7 @@ official ``openai`` async client. The client's own retries are off: the Oracle r
 
 from __future__ import annotations
 
+import itertools
 import os
 from typing import Any
 
@@ -19,7 +20,7 @@ class OpenAIBackend(Backend):
 
     def __init__(self, model: str, base_url: str | None = None, api_key: str | None = None,
                  api_key_env: str = "OPENAI_API_KEY", organization: str | None = None, logprobs: bool = True,
-                 timeout_s: float = 600.0, max_connections: int = 256, **_: Any):
+                 timeout_s: float = 600.0, max_connections: int = 256, connections_per_client: int = 8, **_: Any):
         super().__init__(model)
         # The key is read from the environment when the config does not resolve one; never logged or saved.
         key = api_key or os.environ.get(api_key_env)
@@ -28,10 +29,23 @@ class OpenAIBackend(Backend):
                               f"no API key: set the {api_key_env} environment variable (it is never written to disk)")
         self._logprobs = logprobs
         self.base_url = base_url
-        self.client = openai.AsyncOpenAI(
-            base_url=base_url, api_key=key, organization=organization, max_retries=0, timeout=timeout_s,
-            http_client=httpx.AsyncClient(limits=httpx.Limits(max_connections=max_connections,
-                                                              max_keepalive_connections=max_connections)))
+        # Several small connection pools instead of one large one: httpx's pool scans every connection it holds
+        # on each request event, so at 64+ connections one pool spends most of the client's CPU in that scan
+        # (measured: bench/README.md). Requests go to the pools round-robin.
+        # Pools are made on first use (a client costs ~30 ms to build; a cached re-run needs none).
+        per = max(1, min(int(connections_per_client), int(max_connections)))
+        self._client_kw = dict(base_url=base_url, api_key=key, organization=organization, max_retries=0,
+                               timeout=timeout_s)
+        self._per = per
+        self.clients: list[openai.AsyncOpenAI | None] = [None] * max(1, -(-int(max_connections) // per))
+        self._turn = itertools.cycle(range(len(self.clients)))
+
+    def _client(self) -> openai.AsyncOpenAI:
+        i = next(self._turn)
+        if self.clients[i] is None:
+            limits = httpx.Limits(max_connections=self._per, max_keepalive_connections=self._per)
+            self.clients[i] = openai.AsyncOpenAI(**self._client_kw, http_client=httpx.AsyncClient(limits=limits))
+        return self.clients[i]  # type: ignore[return-value]
 
     def supports_logprobs(self) -> bool:
         return self._logprobs
@@ -47,7 +61,7 @@ class OpenAIBackend(Backend):
         if request.logprobs and self._logprobs:
             kw.update(logprobs=True, top_logprobs=request.top_logprobs or None)
         try:
-            resp = await self.client.chat.completions.create(**kw)
+            resp = await self._client().chat.completions.create(**kw)
         except openai.RateLimitError as e:
             raise RetryableError(f"429 rate limited: {_message(e)}", retry_after=_retry_after(e.response)) from e
         except openai.APIStatusError as e:
@@ -72,7 +86,9 @@ class OpenAIBackend(Backend):
                           completion_tokens=getattr(usage, "completion_tokens", 0) or 0, top_logprobs=top)
 
     async def aclose(self) -> None:
-        await self.client.close()
+        for client in self.clients:
+            if client is not None:
+                await client.close()
 
 
 def _retry_after(response: httpx.Response | None) -> float | None:

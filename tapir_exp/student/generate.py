@@ -1,4 +1,5 @@
-"""The student answers: batched HF generation in-process (CPU/one GPU) or vLLM in a subprocess (GPU).
+"""The student answers: batched HF generation in-process (CPU/one GPU), vLLM in a subprocess (GPU), or a
+student already served behind an OpenAI-compatible endpoint.
 
 vLLM runs in its own process per call so its GPU memory is released before training starts again.
 """
@@ -6,6 +7,7 @@ vLLM runs in its own process per call so its GPU memory is released before train
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -21,6 +23,7 @@ class Generation:
     text: str
     completion_tokens: int
     finish_reason: str  # stop | length
+    prompt_tokens: int = 0
 
 
 class HFGenerator:
@@ -73,7 +76,8 @@ class HFGenerator:
                 n = next((j for j, t in enumerate(ids) if t in eos_ids), None)
                 finish = "length" if n is None else "stop"
                 ids = ids if n is None else ids[:n]
-                out[i] = Generation(tok.decode(ids, skip_special_tokens=True), len(ids), finish)
+                out[i] = Generation(tok.decode(ids, skip_special_tokens=True), len(ids), finish,
+                                    min(lengths[i], self.max_input_tokens))
         return out  # type: ignore[return-value]
 
 
@@ -101,3 +105,41 @@ class VLLMGenerator:
             if proc.returncode != 0:
                 raise RuntimeError(f"vLLM worker failed with exit code {proc.returncode} (see its output above)")
             return [Generation(**g) for g in json.loads(result.read_text())]
+
+
+class OpenAIGenerator:
+    """A student already served behind an OpenAI-compatible endpoint (vLLM's ``api_server``, TGI, a provider),
+    called through the oracle client: bounded concurrency, rate limits, retries with back-off, timeouts.
+
+    Nothing is cached: each round serves a new checkpoint, often under the same model name. ``model=null``
+    sends the checkpoint directory as the model name, which is what ``python -m vllm.entrypoints.openai.
+    api_server --model <dir>`` serves it under. Requests that still fail after the retries raise (a student
+    answer is not optional)."""
+
+    def __init__(self, base_url: str, model: str | None = None, api_key: str | None = None,
+                 max_new_tokens: int = 1024, temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
+                 concurrency: int = 32, timeout_s: float = 300.0, max_retries: int = 4, backoff_base_s: float = 1.0):
+        self.base_url, self.model, self.api_key = base_url, model, api_key
+        self.sampling = {"max_tokens": int(max_new_tokens), "temperature": float(temperature), "top_p": float(top_p)}
+        self.seed = int(seed)
+        self.limits = {"concurrency": int(concurrency), "timeout_s": float(timeout_s), "max_retries": int(max_retries),
+                       "backoff_base_s": float(backoff_base_s), "backoff_max_s": 30.0, "parse_retries": 0}
+
+    def generate(self, model_dir: str | Path, conversations: list[list[dict[str, str]]]) -> list[Generation]:
+        from tapir_exp.llm.oracle import Oracle
+
+        backend = {"_target_": "tapir_exp.llm.openai_backend.OpenAIBackend", "model": self.model or str(model_dir),
+                   "base_url": self.base_url, "api_key": self.api_key, "api_key_env": "TAPIR_STUDENT_API_KEY",
+                   "logprobs": False}
+        if not self.api_key and not os.environ.get("TAPIR_STUDENT_API_KEY"):
+            backend["api_key"] = "EMPTY"  # local servers (vLLM) accept any key
+        client = Oracle({"backends": {"student": backend}, "roles": {"student": {"backend": "student", **self.sampling}},
+                         "limits": self.limits, "cache": {"enabled": False}, "progress": False})
+        try:
+            requests = [client.request("student", conv, id=f"student/{i}", seed=self.seed)
+                        for i, conv in enumerate(conversations)]
+            results = client.chat_many("student", requests, step="student_generate", round=0, failure_budget=0.0)
+        finally:
+            client.close()
+        return [Generation(r.text, r.completion_tokens, "length" if r.finish_reason == "length" else "stop",
+                           r.prompt_tokens) for r in results]

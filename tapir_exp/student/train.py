@@ -22,6 +22,7 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from tapir_exp.distributed import launch_rank
 from tapir_exp.student.data import LengthGroupedBatches, collate, encode, pack
 from tapir_exp.student.strategies import (
     build_optimizer,
@@ -181,7 +182,7 @@ def train_round(init_dir: str | Path, conversations: list[list[dict[str, str]]],
         module.configure_model()
     ckpt = Checkpointing(work_dir / CKPT, int(tc.get("checkpoint_every_n_steps", 50)))
     resumed_from = _checkpoint_step(work_dir / CKPT)
-    if (work_dir / LOSSES).exists():
+    if (work_dir / LOSSES).exists() and launch_rank()[0] == 0:
         # Keep the losses of the steps the checkpoint holds; later ones will be trained (and logged) again.
         keep = [line for line in (work_dir / LOSSES).read_text().splitlines()
                 if line.strip() and resumed_from is not None and json.loads(line)["step"] <= resumed_from]

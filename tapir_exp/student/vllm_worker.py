@@ -17,7 +17,8 @@ def main(job_path: str, out_path: str) -> None:
                             seed=job["seed"])
     outputs = llm.chat(job["conversations"], params, use_tqdm=False)
     gens = [{"text": o.outputs[0].text, "completion_tokens": len(o.outputs[0].token_ids),
-             "finish_reason": "length" if o.outputs[0].finish_reason == "length" else "stop"} for o in outputs]
+             "finish_reason": "length" if o.outputs[0].finish_reason == "length" else "stop",
+             "prompt_tokens": len(o.prompt_token_ids or [])} for o in outputs]
     with open(out_path, "w") as fh:
         json.dump(gens, fh)
 

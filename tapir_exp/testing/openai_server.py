@@ -40,6 +40,11 @@ def _approx_tokens(text: str) -> int:
     return max(1, len(text.split()))
 
 
+class _Server(ThreadingHTTPServer):
+    # the default listen backlog (5) makes a burst of concurrent clients wait for TCP SYN retries
+    request_queue_size = 512
+
+
 class FakeOpenAIServer:
     """``responder(body)`` returns the reply text, or ``{"text": ..., "top_logprobs": [{token: logprob}, ...]}``
     (one dict per generated position) to exercise log-probability scoring."""
@@ -55,7 +60,7 @@ class FakeOpenAIServer:
         self.faults_served: list[str] = []
         self._faults: deque[Fault] = deque()
         self._lock = threading.Lock()
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
+        self._httpd = _Server(("127.0.0.1", port), self._handler())
         self._httpd.daemon_threads = True
         self._thread: threading.Thread | None = None
 
