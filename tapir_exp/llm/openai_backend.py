@@ -4,7 +4,6 @@ official ``openai`` async client. The client's own retries are off: the Oracle r
 
 from __future__ import annotations
 
-import itertools
 import os
 from typing import Any
 
@@ -31,21 +30,30 @@ class OpenAIBackend(Backend):
         self.base_url = base_url
         # Several small connection pools instead of one large one: httpx's pool scans every connection it holds
         # on each request event, so at 64+ connections one pool spends most of the client's CPU in that scan
-        # (measured: bench/README.md). Requests go to the pools round-robin.
-        # Pools are made on first use (a client costs ~30 ms to build; a cached re-run needs none).
+        # (measured: bench/README.md). A request goes to the least busy pool that has a free connection; a new
+        # pool is made only when all are full, so light traffic stays on one warm pool (and a client, ~30 ms
+        # to build, is never made for a cached re-run).
         per = max(1, min(int(connections_per_client), int(max_connections)))
         self._client_kw = dict(base_url=base_url, api_key=key, organization=organization, max_retries=0,
                                timeout=timeout_s)
         self._per = per
-        self.clients: list[openai.AsyncOpenAI | None] = [None] * max(1, -(-int(max_connections) // per))
-        self._turn = itertools.cycle(range(len(self.clients)))
+        self.clients: list[openai.AsyncOpenAI] = []
+        self._max_clients = max(1, -(-int(max_connections) // per))
+        self._inflight: list[int] = []
 
-    def _client(self) -> openai.AsyncOpenAI:
-        i = next(self._turn)
-        if self.clients[i] is None:
+    def _take_client(self) -> int:
+        free = [i for i, n in enumerate(self._inflight) if n < self._per]
+        if free:
+            i = min(free, key=self._inflight.__getitem__)
+        elif len(self.clients) < self._max_clients:
             limits = httpx.Limits(max_connections=self._per, max_keepalive_connections=self._per)
-            self.clients[i] = openai.AsyncOpenAI(**self._client_kw, http_client=httpx.AsyncClient(limits=limits))
-        return self.clients[i]  # type: ignore[return-value]
+            self.clients.append(openai.AsyncOpenAI(**self._client_kw, http_client=httpx.AsyncClient(limits=limits)))
+            self._inflight.append(0)
+            i = len(self.clients) - 1
+        else:  # more requests in flight than max_connections: queue in the least busy pool
+            i = min(range(len(self.clients)), key=self._inflight.__getitem__)
+        self._inflight[i] += 1
+        return i
 
     def supports_logprobs(self) -> bool:
         return self._logprobs
@@ -60,8 +68,9 @@ class OpenAIBackend(Backend):
             kw["stop"] = list(request.stop)
         if request.logprobs and self._logprobs:
             kw.update(logprobs=True, top_logprobs=request.top_logprobs or None)
+        slot = self._take_client()
         try:
-            resp = await self._client().chat.completions.create(**kw)
+            resp = await self.clients[slot].chat.completions.create(**kw)
         except openai.RateLimitError as e:
             raise RetryableError(f"429 rate limited: {_message(e)}", retry_after=_retry_after(e.response)) from e
         except openai.APIStatusError as e:
@@ -72,6 +81,8 @@ class OpenAIBackend(Backend):
             raise RetryableError(f"{type(e).__name__}: {e}") from e
         except (ValueError, openai.APIResponseValidationError) as e:  # malformed JSON body
             raise RetryableError(f"malformed response: {e}") from e
+        finally:
+            self._inflight[slot] -= 1
         if not getattr(resp, "choices", None):
             raise RetryableError("response has no choices")
         choice = resp.choices[0]
@@ -87,8 +98,7 @@ class OpenAIBackend(Backend):
 
     async def aclose(self) -> None:
         for client in self.clients:
-            if client is not None:
-                await client.close()
+            await client.close()
 
 
 def _retry_after(response: httpx.Response | None) -> float | None:
