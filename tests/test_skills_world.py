@@ -146,6 +146,26 @@ def test_reduced_skills_run_end_to_end(tmp_path):
     assert len(rounds) == 3 and all("skills/accuracy" in r["eval"] for r in rounds)
     assert rounds[1]["hard_count"] > 0 and rounds[1]["expanded"] > 0
     assert set(rounds[1]["hard_by_task"]) <= set(world.TASKS)
+    # the mechanisms, checked on the run's own artifacts (not on who wins)
+    run = next((tmp_path / "outputs/skills").glob("*/summary.json")).parent
+    from tapir_exp.records import load_examples
+
+    judged = load_examples(run / "round_1/mfd.jsonl")
+    for ex in judged:  # MFD: an exactly right student answer is never hard, a wrong one always is (delta 1)
+        right = world.final_answer(ex.meta["student"]) == world.solve(ex.instruction)
+        assert ex.meta["hard"] == (not right), (ex.instruction, ex.meta["student"], ex.meta["mfd"])
+    difficulty = {ex.id: world.identify(ex.instruction)[1] for ex in judged}
+    for ex in load_examples(run / "round_1/expand.jsonl"):  # expansion: the seeds' task and difficulty
+        task, d = world.identify(ex.instruction)
+        assert task == ex.task and d in {difficulty[s] for s in ex.meta["seeds"]}
+    targets = {t: float(v) for t, v in summary["config"]["tasks"]["ratios"].items()}
+
+    def distance(mix: dict) -> float:
+        total = sum(mix.values())
+        return sum(abs(mix.get(t, 0) / total - targets[t] / sum(targets.values())) for t in targets)
+
+    # balancing: the trained mix is closer to the target ratios than the candidates it was drawn from
+    assert distance(rounds[1]["task_mix_after"]) < distance(rounds[1]["task_mix_before"])
 
 
 def test_report_pools_seeds_per_setting_with_intervals(tmp_path):
