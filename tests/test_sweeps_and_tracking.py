@@ -49,3 +49,22 @@ def test_csv_tracker_one_row_per_round(tmp_path):
     t.log_metrics({"a": 4, "b": 5}, step=1)  # a resumed round replaces its row
     lines = (tmp_path / "metrics.csv").read_text().splitlines()
     assert lines == ["step,a,b", "0,1,", "1,4,5"]
+
+
+def test_delta_sweep_and_wandb_sweep_name_real_config_keys(tmp_path):
+    """Every swept name is an override tapir accepts (one value each, composed by Hydra)."""
+    import yaml
+    from hydra import compose, initialize_config_dir
+
+    delta = yaml.safe_load((REPO / "sweeps/delta.yaml").read_text())
+    values = str(delta["hydra"]["sweeper"]["params"]["steps.mfd.delta"]).split(",")
+    wb = yaml.safe_load((REPO / "sweeps/wandb_sweep.yaml").read_text())
+    assert "${args_no_hyphens}" in wb["command"] and wb["metric"]["name"] == "alpaca_eval/lc_win_rate"
+    overrides = [f"steps.mfd.delta={values[-1]}"]
+    for key, spec in wb["parameters"].items():
+        value = spec["values"][0] if "values" in spec else spec["min"]
+        overrides.append(f"{key}={value}")
+    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("tapir", overrides=overrides)
+    assert cfg.steps.mfd.delta == 0.0 and float(values[-1]) == 3.0 and len(values) == 5
+    assert cfg.curriculum.alpha_start == 0.1 and cfg.trainer.lr == 1.0e-5
