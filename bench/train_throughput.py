@@ -27,6 +27,8 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 import torch  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
+from tapir_exp.config import resource_path  # noqa: E402
+from tapir_exp.records import read_records  # noqa: E402
 from tapir_exp.student.data import IGNORE, collate, encode  # noqa: E402
 from tapir_exp.student.models import TinyLlamaInit  # noqa: E402
 from tapir_exp.student.train import train_round  # noqa: E402
@@ -35,12 +37,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def demo_conversations(n: int) -> list[list[dict[str, str]]]:
-    rows = [json.loads(x) for x in (REPO / "tapir_exp/resources/demo/pool.jsonl").read_text().splitlines() if x]
-    convs = []
-    for r in rows[:n]:
-        prompt = r["instruction"] + (f"\n\n{r['input']}" if r.get("input") else "")
-        convs.append([{"role": "user", "content": prompt}, {"role": "assistant", "content": r["output"]}])
-    return convs
+    """The first n demo pool items as training conversations, read by the project's own reader."""
+    pool = read_records(resource_path("demo/pool.jsonl")).records
+    return [ex.messages(with_output=True) for ex in pool[:n]]
 
 
 def hf_trainer(model_dir: Path, examples: list[dict], out: Path, args) -> tuple[float, int, int]:

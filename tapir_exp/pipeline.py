@@ -59,9 +59,9 @@ class Pipeline:
     def __init__(self, cfg: DictConfig, run_dir: Path, tracker: Any):
         self.cfg, self.run_dir, self.tracker = cfg, Path(run_dir), tracker
         # In a multi-process job only rank 0 computes steps; the others follow the store and join training.
-        self.rank, self.world = launch_rank()
-        self.leader = self.rank == 0
-        self.store = RunStore(run_dir, rank=self.rank)
+        rank = launch_rank()[0]
+        self.leader = rank == 0
+        self.store = RunStore(run_dir, rank=rank)
         self.seed = int(cfg.seed)
         self.steps = cfg.steps
         self.budget = float(cfg.steps.failure_budget)

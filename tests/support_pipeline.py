@@ -12,6 +12,7 @@ import hashlib
 import math
 import os
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -100,3 +101,10 @@ def fast_overrides(base_url: str) -> list[str]:
 
 def run_tapir(args: list[str], cwd: Path, **kw) -> subprocess.CompletedProcess:
     return subprocess.run(TAPIR + args, cwd=cwd, env=tapir_env(cwd), capture_output=True, text=True, **kw)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (for a rendezvous of spawned ranks)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -25,17 +24,12 @@ from omegaconf import OmegaConf  # noqa: E402
 from tapir_exp.student.data import collate, encode  # noqa: E402
 from tapir_exp.student.models import TinyLlamaInit  # noqa: E402
 from tapir_exp.student.strategies import build_optimizer, deepspeed_config, hf_model_from_zero_checkpoint  # noqa: E402
+from tests.support_pipeline import free_port  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CONVS = [[{"role": "user", "content": f"Name colour {i}."},
           {"role": "assistant", "content": ["red", "blue", "green", "amber"][i % 4]}] for i in range(16)]
 STEPS = 8
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _worker(rank: int, world: int, port: int, tc: dict, ds_cfg: dict, init_dir: str, out: str) -> None:
@@ -108,7 +102,7 @@ def test_zero_shards_train_and_consolidate_to_hf_weights(option, tiny, tmp_path)
     ds_cfg = deepspeed_config(tc["deepspeed"], trainer)
     assert "auto" not in json.dumps(ds_cfg)  # concrete numbers only
     ds_cfg["gradient_accumulation_steps"] = int(tc["accumulate_grad_batches"])  # what Lightning's strategy adds
-    mp.spawn(_worker, args=(2, _free_port(), tc, ds_cfg, str(tiny), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), tc, ds_cfg, str(tiny), str(tmp_path)), nprocs=2, join=True)
 
     losses = json.loads((tmp_path / "losses.json").read_text())
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3, losses

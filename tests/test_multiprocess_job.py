@@ -6,19 +6,12 @@ as one DDP world (gloo on the CPU). Also: a follower stops when the leader fails
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 
 import pytest
 
 from tapir_exp.testing.openai_server import FakeOpenAIServer
-from tests.support_pipeline import TAPIR, fast_overrides, responder, tapir_env
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.support_pipeline import TAPIR, fast_overrides, free_port, responder, tapir_env
 
 
 def _launch(args: list[str], root, rank: int, world: int, port: int) -> subprocess.Popen:
@@ -35,7 +28,7 @@ def _launch(args: list[str], root, rank: int, world: int, port: int) -> subproce
 def test_two_rank_job_has_one_leader_and_trains_as_one_ddp_world(tmp_path):
     with FakeOpenAIServer(responder=responder) as srv:
         args = fast_overrides(srv.base_url) + ["trainer.devices=2", "trainer.strategy=ddp"]
-        port = _port()
+        port = free_port()
         follower = _launch(args, tmp_path, 1, 2, port)  # the follower may well start first
         leader = _launch(args, tmp_path, 0, 2, port)
         out0, err0 = leader.communicate(timeout=900)
@@ -64,7 +57,7 @@ def test_two_rank_job_has_one_leader_and_trains_as_one_ddp_world(tmp_path):
 def test_follower_stops_when_the_leader_fails(tmp_path):
     with FakeOpenAIServer(fault_when=lambda body: "500") as srv:  # every oracle call fails
         args = fast_overrides(srv.base_url) + ["oracle.limits.max_retries=0"]
-        port = _port()
+        port = free_port()
         follower = _launch(args, tmp_path, 1, 2, port)
         leader = _launch(args, tmp_path, 0, 2, port)
         _, err0 = leader.communicate(timeout=300)

@@ -79,7 +79,7 @@ def collate(batch: list[dict[str, list[int]]], pad_id: int) -> dict[str, Any]:
     labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
     mask = torch.zeros((len(batch), width), dtype=torch.long)
     packed = "position_ids" in batch[0]
-    pos = torch.zeros((len(batch), width), dtype=torch.long)
+    pos = torch.zeros((len(batch), width), dtype=torch.long) if packed else None
     for i, b in enumerate(batch):
         n = len(b["input_ids"])
         ids[i, :n] = torch.tensor(b["input_ids"])
