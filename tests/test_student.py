@@ -205,3 +205,29 @@ def test_openai_generator_answers_through_a_served_student():
     with FakeOpenAIServer(fault_when=lambda body: "500" if body["messages"][-1]["content"] == "question 2" else None) \
             as srv, pytest.raises(BudgetExceeded):
         OpenAIGenerator(base_url=srv.base_url, model="student", max_retries=1, backoff_base_s=0.05).generate("unused", convs)
+
+
+@pytest.mark.parametrize("merge", [True, False])
+def test_lora_round_merged_or_adapter_both_load_later(tiny, tmp_path, merge):
+    """LoRA with gradient checkpointing and accumulation: merged weights load with plain transformers; an
+    adapter loads onto its base with peft; either way the trained model differs from the init."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    lora = {"enabled": True, "r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"],
+            "merge": merge}
+    out = tmp_path / "out"
+    t = train_round(tiny, CONVS, out, student_cfg=student_cfg(lora=lora, gradient_checkpointing=True),
+                    trainer_cfg=trainer_cfg(max_epochs=2, accumulate_grad_batches=2, lr=1e-2), work_dir=tmp_path / "w",
+                    seed=0)
+    assert t.steps == 2 * 3  # 24 examples / batch 4 = 6 batches, 2 per optimizer step, 2 epochs
+    base = AutoModelForCausalLM.from_pretrained(tiny)
+    if merge:
+        model = AutoModelForCausalLM.from_pretrained(out)
+    else:
+        assert (out / "adapter_config.json").is_file() and (out / "base_model").resolve() == Path(tiny).resolve()
+        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(out / "base_model"), out).merge_and_unload()
+    ids = torch.tensor([[1, 5, 9, 12]])
+    with torch.no_grad():
+        assert not torch.allclose(model(input_ids=ids).logits, base(input_ids=ids).logits)
