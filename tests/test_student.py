@@ -134,16 +134,25 @@ import sys, json
 from omegaconf import OmegaConf
 sys.path.insert(0, {repo!r})
 from tests.test_student import CONVS, student_cfg, trainer_cfg
+import time
+import tapir_exp.student.train as train_mod
 from tapir_exp.student.train import train_round
+if sys.argv[4] == "slow":
+    # The first run must still be training when the test's signal arrives, however fast this machine is.
+    class SlowCheckpointing(train_mod.Checkpointing):
+        def on_train_batch_end(self, *args):
+            time.sleep(0.05)
+            super().on_train_batch_end(*args)
+    train_mod.Checkpointing = SlowCheckpointing
 t = train_round(sys.argv[1], CONVS * 8, sys.argv[2], student_cfg=student_cfg(), trainer_cfg=trainer_cfg(max_epochs=2),
                 work_dir=sys.argv[3], seed=0)
 print(json.dumps({{"steps": t.steps, "resumed_from": t.resumed_from, "losses": len(t.losses)}}), flush=True)
 """
 
 
-def _child(tiny, tmp_path, name):
+def _child(tiny, tmp_path, name, pace="fast"):
     code = CHILD.format(repo=str(REPO))
-    return subprocess.Popen([sys.executable, "-c", code, str(tiny), str(tmp_path / name), str(tmp_path / "work")],
+    return subprocess.Popen([sys.executable, "-c", code, str(tiny), str(tmp_path / name), str(tmp_path / "work"), pace],
                             stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
 
 
@@ -151,7 +160,7 @@ def _child(tiny, tmp_path, name):
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
 def test_interrupted_training_resumes_exactly(tiny, tmp_path, sig):
     ckpt = tmp_path / "work" / "last.ckpt"
-    proc = _child(tiny, tmp_path, "a")
+    proc = _child(tiny, tmp_path, "a", pace="slow")
     while not ckpt.exists() and proc.poll() is None:
         time.sleep(0.05)
     os.kill(proc.pid, sig)
