@@ -3,6 +3,7 @@
 ``tapir``         the pipeline (``mode=run``), its cost plan (``mode=plan``) or a standalone eval
 ``tapir-eval``    evaluate a checkpoint or served model (same config tree, ``mode=eval``)
 ``tapir-report``  compare run/sweep directories (tables + plots), offline
+``tapir-winrate`` win rate and LC win rate of an alpaca_eval annotations file
 """
 
 from __future__ import annotations
@@ -56,6 +57,15 @@ def report_main(argv: list[str] | None = None) -> None:
 
     try:
         report(argv)
+    except TapirError as err:
+        _fail(err)
+
+
+def winrate_main(argv: list[str] | None = None) -> None:
+    from tapir_exp.eval.rescore import main as winrate
+
+    try:
+        winrate(argv)
     except TapirError as err:
         _fail(err)
 

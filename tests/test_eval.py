@@ -4,13 +4,15 @@ HTTP judge writes the official export formats."""
 from __future__ import annotations
 
 import json
+import math
 import random
 from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
 
-from tapir_exp.eval.metrics import length_controlled_win_rate, win_rate
+from tapir_exp.errors import DataError
+from tapir_exp.eval.metrics import GamedAnnotations, length_controlled_win_rate, win_rate
 from tapir_exp.eval.runner import evaluate_round
 from tapir_exp.llm import build_oracle
 from tapir_exp.student.generate import HFGenerator
@@ -41,26 +43,98 @@ def test_win_rate_and_standard_error_match_alpaca_eval():
     assert ours[0] == pytest.approx(theirs["win_rate"]) and ours[1] == pytest.approx(theirs["standard_error"])
 
 
-def test_lc_win_rate_matches_alpaca_eval_glm_fit():
-    """Same annotations, alpaca_eval's own design matrix (patsy formula of its 'minimal' GLM) and its own
-    fitting routine (fixed C branch): the same LC win rate."""
+def gamed_csv(path, n, seed=1):
+    """A file in the layout of alpaca_eval's df_gamed.csv (made up values): every instruction's difficulty,
+    and two length-gamed baselines' annotations (first block: indices 0..n-1 in order, as in alpaca_eval's)."""
+    rng = random.Random(seed)
+    difficulty = [round(rng.gauss(0, 1), 4) for _ in range(n)]
+    lines = ["model,index,preference,std_delta_len,instruction_difficulty,not_gamed_baseline"]
+    for model, shift in (("gamed_verbose", 1.5), ("gamed_concise", -1.5)):
+        for i in range(n):
+            d = round(rng.gauss(-shift, 0.5), 4)  # baseline minus model length, standardised
+            p = min(1.0, max(0.0, 0.5 - 0.25 * math.tanh(d) - 0.1 * difficulty[i] + rng.uniform(-0.2, 0.2)))
+            lines.append(f"{model},{i},{p:.4f},{d},{difficulty[i]},False")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def alpaca_eval_lc(ann, gamed_file, glm_name, monkeypatch):
+    """alpaca_eval's own get_length_controlled_winrate; its hub download returns our local file instead."""
     import alpaca_eval.metrics.glm_winrate as g
     import pandas as pd
+    monkeypatch.setattr(g, "hf_hub_download", lambda **kw: str(gamed_file))
+    df = pd.DataFrame({"preference": [a["preference"] for a in ann], "index": [a["index"] for a in ann],
+                       "output_1": ["b" * a["base_len"] for a in ann], "output_2": ["m" * a["model_len"] for a in ann],
+                       "generator_1": "reference", "generator_2": "student", "annotator": "judge"})
+    return g.get_length_controlled_winrate(df, glm_name=glm_name, save_weights_dir=None, is_warn_extreme_changes=False)
+
+
+@pytest.mark.parametrize("glm", ["minimal", "v1"])
+def test_lc_win_rate_equals_alpaca_eval(glm, tmp_path, monkeypatch):
+    """Same annotations, alpaca_eval's own function (5-fold CV over C; v1 with difficulty and the gamed
+    baselines' regularisation): the same LC win rate and LC standard error."""
     ann = annotations()
-    df = pd.DataFrame({"preference": [a["preference"] - 1 for a in ann]})
-    delta = pd.Series([a["base_len"] - a["model_len"] for a in ann], dtype=float)
-    df["std_delta_len"] = delta / delta.std()
-    df["not_gamed_baseline"] = True
-    test = df[["not_gamed_baseline"]].copy()
-    test["std_delta_len"] = 0
-    xy, x_test = g.make_dmatrix_for_model(df, test, formula=g.GLM_INFO["length_controlled_minimal"]["formula"])
-    model = g.fit_LogisticRegressionCV(xy, "preference", is_ytrue_proba=True, n_splits=0)
-    theirs = model.predict_proba(x_test)[:, 1].mean() * 100
+    gamed_file = gamed_csv(tmp_path / "df_gamed.csv", len(ann))
+    theirs = alpaca_eval_lc(ann, gamed_file, {"minimal": "length_controlled_minimal", "v1": "length_controlled_v1"}[glm],
+                            monkeypatch)
     ours = length_controlled_win_rate([a["preference"] for a in ann], [a["model_len"] for a in ann],
-                                      [a["base_len"] for a in ann])
-    assert ours == pytest.approx(theirs, abs=1e-6)
+                                      [a["base_len"] for a in ann], indices=[a["index"] for a in ann],
+                                      gamed=GamedAnnotations.load(gamed_file) if glm == "v1" else None)
+    assert ours.glm == glm
+    assert ours.win_rate == pytest.approx(theirs["length_controlled_winrate"], abs=1e-6)
+    assert ours.standard_error == pytest.approx(theirs["lc_standard_error"], abs=1e-6)
     raw = win_rate([a["preference"] for a in ann])[0]
-    assert ours != pytest.approx(raw)  # the length correction does something on biased data
+    assert ours.win_rate != pytest.approx(raw, abs=0.5)  # the length correction does something on biased data
+
+
+def test_lc_v1_differs_from_minimal_and_needs_known_instructions(tmp_path):
+    ann = annotations()
+    gamed = GamedAnnotations.load(gamed_csv(tmp_path / "df_gamed.csv", len(ann)))
+    args = ([a["preference"] for a in ann], [a["model_len"] for a in ann], [a["base_len"] for a in ann])
+    assert length_controlled_win_rate(*args, gamed=gamed).win_rate != \
+        pytest.approx(length_controlled_win_rate(*args).win_rate, abs=1e-3)
+    with pytest.raises(ValueError, match="instruction 60 has no difficulty"):
+        length_controlled_win_rate(*args, gamed=gamed, indices=range(1, 61))
+
+
+def test_gamed_annotations_file_errors_name_line_and_field(tmp_path):
+    bad = tmp_path / "df_gamed.csv"
+    bad.write_text("model,index,preference,std_delta_len,instruction_difficulty,not_gamed_baseline\n"
+                   "m,0,0.5,0.1,0.2,False\nm,1,0.5,abc,0.2,False\n")
+    with pytest.raises(DataError, match=r"df_gamed.csv:line 3: field 'std_delta_len': expected a number"):
+        GamedAnnotations.load(bad)
+    bad.write_text("model,index,preference\nm,0,0.5\n")
+    with pytest.raises(DataError, match=r"line 1: field 'std_delta_len'"):
+        GamedAnnotations.load(bad)
+
+
+def test_tapir_winrate_scores_an_alpaca_eval_annotations_file_as_alpaca_eval(tmp_path, monkeypatch, capsys):
+    """The published-annotations check: an alpaca_eval annotations.json (draws as 0, one unjudged) scored by
+    `tapir-winrate --gamed` gives alpaca_eval's own win rate and v1 LC win rate."""
+    import alpaca_eval.metrics as ae
+
+    from tapir_exp.cli import winrate_main
+    ann = annotations()
+    ann[3]["preference"], ann[7]["preference"] = 0, None
+    records = [{"instruction": f"task {a['index']}", "output_1": "b" * a["base_len"], "output_2": "m" * a["model_len"],
+                "generator_1": "reference", "generator_2": "student", "annotator": "judge",
+                "preference": a["preference"]} for a in ann]
+    path = tmp_path / "annotations.json"
+    path.write_text(json.dumps(records))
+    gamed_file = gamed_csv(tmp_path / "df_gamed.csv", len(ann))
+    winrate_main([str(path), "--gamed", str(gamed_file)])
+    ours = json.loads(capsys.readouterr().out)
+    theirs_wr = ae.get_winrate([{"preference": r["preference"]} for r in records])
+    theirs_lc = alpaca_eval_lc(ann, gamed_file, "length_controlled_v1", monkeypatch)
+    assert ours["win_rate"] == pytest.approx(theirs_wr["win_rate"]) and ours["n_judged"] == 59 and ours["glm"] == "v1"
+    assert ours["standard_error"] == pytest.approx(theirs_wr["standard_error"])
+    assert ours["length_controlled_winrate"] == pytest.approx(theirs_lc["length_controlled_winrate"], abs=1e-6)
+    assert ours["lc_standard_error"] == pytest.approx(theirs_lc["lc_standard_error"], abs=1e-6)
+    path.write_text(json.dumps([{**records[0], "preference": 7}]))
+    with pytest.raises(SystemExit) as exit_:
+        winrate_main([str(path)])
+    assert exit_.value.code == 2
+    assert "annotations.json:record 0: field 'preference': expected a number in [1, 2]" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")

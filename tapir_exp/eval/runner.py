@@ -20,7 +20,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from tapir_exp.errors import DataError
-from tapir_exp.eval.metrics import length_controlled_win_rate, win_rate
+from tapir_exp.eval.metrics import GamedAnnotations, length_controlled_win_rate, win_rate
 from tapir_exp.prompts import render
 from tapir_exp.store import atomic_write_json, atomic_write_text
 
@@ -98,8 +98,16 @@ def alpaca_eval(cfg: DictConfig, model_dir: Path, oracle: Any, generator: Any, o
     atomic_write_json(out_dir / "annotations.json", annotations)
     prefs = [sum(v) / len(v) if i in per_item else None for i, v in ((i, per_item.get(i, [])) for i in range(len(items)))]
     wr, se = win_rate(prefs)
-    lc = length_controlled_win_rate(prefs, [len(o["output"]) for o in outputs], [len(it["output"]) for it in items])
-    metrics = {"alpaca_eval/win_rate": wr, "alpaca_eval/standard_error": se, "alpaca_eval/lc_win_rate": lc,
+    lc_cfg = ae.get("lc") or {}
+    gamed = GamedAnnotations.load(lc_cfg["gamed_annotations"]) if lc_cfg.get("gamed_annotations") else None
+    lc = length_controlled_win_rate(prefs, [len(o["output"]) for o in outputs], [len(it["output"]) for it in items],
+                                    gamed=gamed, regularize_to_baseline=float(lc_cfg.get("regularize_to_baseline", 0.2)),
+                                    cv_folds=int(lc_cfg.get("cv_folds", 5)))
+    if lc is not None:
+        atomic_write_json(out_dir / "lc_glm.json", {"glm": lc.glm, "C": lc.C, "lc_win_rate": lc.win_rate,
+                                                     "lc_standard_error": lc.standard_error})
+    metrics = {"alpaca_eval/win_rate": wr, "alpaca_eval/standard_error": se,
+               "alpaca_eval/lc_win_rate": lc and lc.win_rate, "alpaca_eval/lc_standard_error": lc and lc.standard_error,
                "alpaca_eval/n_judged": sum(p is not None for p in prefs), "alpaca_eval/n_items": len(items),
                "alpaca_eval/avg_length": sum(len(o["output"]) for o in outputs) / max(1, len(outputs))}
     return {k: (_r4(v) if isinstance(v, float) else v) for k, v in metrics.items() if v is not None}
