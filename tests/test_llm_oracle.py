@@ -139,7 +139,9 @@ def test_request_rate_limit_spaces_requests(server, tmp_path):
     o.close()
     arrivals = server.arrivals[1:]
     gaps = [b - a for a, b in zip(arrivals, arrivals[1:], strict=False)]
-    assert len(gaps) == 5 and min(gaps) >= 0.18  # 300/min = one request per 0.2 s (a lower bound, never an upper one)
+    # 300/min = one request per 0.2 s: the limiter spaces the sends; an arrival can be a few tens of ms late
+    # (the client's own send path on a busy CPU), so gaps and the span of five get a little slack
+    assert len(gaps) == 5 and min(gaps) >= 0.15 and arrivals[-1] - arrivals[0] >= 0.95  # no limit: ~5 ms gaps
 
 
 def test_parser_reasks_with_new_seed(tmp_path):
