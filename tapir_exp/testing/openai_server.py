@@ -132,6 +132,9 @@ class FakeOpenAIServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # Headers and body leave in separate writes; with Nagle's algorithm on, the body then waits for the
+            # client's delayed ACK (~40 ms on Linux) — latency the server was not asked to add.
+            disable_nagle_algorithm = True
 
             def log_message(self, *args: Any) -> None:  # keep test output clean
                 pass
