@@ -86,7 +86,10 @@ class VLLMGenerator:
 
     def __init__(self, max_new_tokens: int = 1024, temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
                  tensor_parallel_size: int = 1, max_model_len: int = 4096, gpu_memory_utilization: float = 0.85,
-                 dtype: str = "auto"):
+                 dtype: str = "auto", python: str | None = None):
+        # ``python``: the interpreter whose environment has vLLM (a separate venv is common: vLLM pins its own
+        # torch/transformers); the worker imports only vLLM and this package's worker module.
+        self.python = python
         self.params = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
                            tensor_parallel_size=tensor_parallel_size, max_model_len=max_model_len,
                            gpu_memory_utilization=gpu_memory_utilization, dtype=dtype)
@@ -94,14 +97,18 @@ class VLLMGenerator:
     def generate(self, model_dir: str | Path, conversations: list[list[dict[str, str]]]) -> list[Generation]:
         import importlib.util
 
-        if importlib.util.find_spec("vllm") is None:
+        if self.python is None and importlib.util.find_spec("vllm") is None:
             raise ConfigError("generation", "generation=vllm needs the vllm package (pip install 'tapir-exp[vllm]', "
                                             "GPU); use generation=hf on CPU")
         with tempfile.TemporaryDirectory(prefix="tapir-vllm-") as tmp:
             job = Path(tmp) / "job.json"
             result = Path(tmp) / "out.json"
             job.write_text(json.dumps({"model": str(model_dir), "conversations": conversations, **self.params}))
-            proc = subprocess.run([sys.executable, "-m", "tapir_exp.student.vllm_worker", str(job), str(result)])
+            package_root = str(Path(__file__).resolve().parents[2])
+            env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH"))
+                                                               if p)}
+            proc = subprocess.run([self.python or sys.executable, "-m", "tapir_exp.student.vllm_worker", str(job),
+                                   str(result)], env=env)
             if proc.returncode != 0:
                 raise RuntimeError(f"vLLM worker failed with exit code {proc.returncode} (see its output above)")
             return [Generation(**g) for g in json.loads(result.read_text())]
