@@ -97,6 +97,14 @@ def test_lc_v1_differs_from_minimal_and_needs_known_instructions(tmp_path):
         length_controlled_win_rate(*args, gamed=gamed, indices=range(1, 61))
 
 
+def test_lc_win_rate_of_all_wins_or_all_losses_is_the_raw_rate():
+    """Nothing to regress when one class has no weight: the LC rate is the raw one, not the fit's 50 % prior."""
+    lengths = (list(range(10, 20)), [15] * 10)
+    assert length_controlled_win_rate([2.0] * 10, *lengths).win_rate == pytest.approx(100.0)
+    assert length_controlled_win_rate([1.0] * 10, *lengths).win_rate == pytest.approx(0.0)
+    assert length_controlled_win_rate([1.5] * 10, *lengths).win_rate == pytest.approx(50.0)
+
+
 def test_gamed_annotations_file_errors_name_line_and_field(tmp_path):
     bad = tmp_path / "df_gamed.csv"
     bad.write_text("model,index,preference,std_delta_len,instruction_difficulty,not_gamed_baseline\n"

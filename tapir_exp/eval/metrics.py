@@ -138,11 +138,16 @@ def length_controlled_win_rate(preferences: Sequence[float | None], model_length
         x = np.vstack([g, features[judged]])
         y = np.concatenate([gp, [preferences[i] - 1.0 for i in judged]])
         weight = np.concatenate([gw, np.ones(len(judged))])
+    glm = "minimal" if gamed is None else "v1"
+    if (y * weight).sum() == 0 or ((1 - y) * weight).sum() == 0:
+        # all wins or all losses: one class has no weight and there is nothing to regress (a fit would return
+        # its prior, 50 %); the LC win rate is the raw one
+        return LengthControlled(float(np.mean([preferences[i] - 1.0 for i in judged]) * 100), 0.0, glm, float(C))
     best_c = _choose_c(x, y, weight, cv_folds) if cv_folds > 1 and len(y) >= cv_folds else C
     model = _fit_soft_logistic(x, y, weight, best_c)
     pred = model.predict_proba(test)[:, 1]
     se = float(pred.std(ddof=1) / math.sqrt(n) * 100) if n > 1 else None
-    return LengthControlled(float(pred.mean() * 100), se, "minimal" if gamed is None else "v1", float(best_c))
+    return LengthControlled(float(pred.mean() * 100), se, glm, float(best_c))
 
 
 def _fit_soft_logistic(x: Any, y: Any, weight: Any, c: float) -> Any:
