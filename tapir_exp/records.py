@@ -92,7 +92,7 @@ def _iter_jsonl(path: Path, after_line: int = 0) -> Iterator[tuple[str, Any]]:
                 raise DataError(path, where, None, f"malformed JSON ({e.msg} at column {e.colno})") from None
 
 
-def _iter_json_array(path: Path) -> Iterator[tuple[str, Any]]:
+def iter_json_array(path: Path) -> Iterator[tuple[str, Any]]:
     raw = path.read_bytes()
     try:
         text = raw.decode("utf-8")
@@ -123,14 +123,14 @@ def _iter_raw(path: Path) -> Iterator[tuple[str, Any]]:
         head = fh.read(4096).lstrip()
     one_line_object = head.startswith(b"{") and b"\n" not in head.strip()[:-1]
     if path.suffix == ".json" and (head.startswith(b"[") or one_line_object):
-        yield from _iter_json_array(path)
+        yield from iter_json_array(path)
     elif path.suffix == ".json":
         # A .json file holding one object per line is JSONL in disguise; an indented object is an array wrapper.
         first_line = head.split(b"\n", 1)[0].strip()
         if first_line.startswith(b"{") and first_line.endswith(b"}"):
             yield from _iter_jsonl(path)
         else:
-            yield from _iter_json_array(path)
+            yield from iter_json_array(path)
     else:
         yield from _iter_jsonl(path)
 

@@ -18,28 +18,25 @@ from typing import Any
 
 from tapir_exp.errors import DataError
 from tapir_exp.eval.metrics import GamedAnnotations, length_controlled_win_rate, win_rate
+from tapir_exp.records import iter_json_array
 
 
 def read_annotations(path: str | Path) -> tuple[list[float | None], list[int], list[int]]:
     """(preferences, model output lengths, baseline output lengths) from an alpaca_eval annotations file."""
-    try:
-        records = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError as e:
-        raise DataError(path, None, None, "file not found") from e
-    except json.JSONDecodeError as e:
-        raise DataError(path, f"line {e.lineno}", None, f"malformed JSON: {e.msg}") from e
-    if not isinstance(records, list):
-        raise DataError(path, None, None, "expected a JSON list of annotation records")
     prefs: list[float | None] = []
     model_len, base_len = [], []
-    for i, rec in enumerate(records):
+    try:
+        records = list(iter_json_array(Path(path)))
+    except FileNotFoundError as e:
+        raise DataError(path, None, None, "file not found") from e
+    for where, rec in records:
         for field in ("output_1", "output_2"):
             if not isinstance(rec, dict) or not isinstance(rec.get(field), str):
-                raise DataError(path, f"record {i}", field, "expected a string (1 = baseline, 2 = evaluated model)")
+                raise DataError(path, where, field, "expected a string (1 = baseline, 2 = evaluated model)")
         p = rec.get("preference")
         number = isinstance(p, int | float) and not isinstance(p, bool)
         if not (p is None or number and (math.isnan(p) or p == 0 or 1 <= p <= 2)):
-            raise DataError(path, f"record {i}", "preference", f"expected a number in [1, 2] (0 = draw) or null, got {p!r}")
+            raise DataError(path, where, "preference", f"expected a number in [1, 2] (0 = draw) or null, got {p!r}")
         prefs.append(None if p is None or math.isnan(p) else 1.5 if p == 0 else float(p))
         base_len.append(len(rec["output_1"]))
         model_len.append(len(rec["output_2"]))

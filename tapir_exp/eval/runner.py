@@ -22,19 +22,19 @@ from omegaconf import DictConfig
 from tapir_exp.errors import DataError
 from tapir_exp.eval.metrics import GamedAnnotations, length_controlled_win_rate, win_rate
 from tapir_exp.prompts import render
+from tapir_exp.records import iter_json_array
 from tapir_exp.store import atomic_write_json, atomic_write_text
 
 
 def load_alpaca_eval(path: str | Path, limit: int | None) -> list[dict[str, Any]]:
     try:
-        items = json.loads(Path(path).read_text(encoding="utf-8"))
+        records = list(iter_json_array(Path(path)))
     except FileNotFoundError as e:
         raise DataError(path, None, None, "file not found (eval.alpaca_eval.path)") from e
-    except json.JSONDecodeError as e:
-        raise DataError(path, e.lineno, None, f"malformed JSON: {e.msg}") from e
-    for i, it in enumerate(items):
+    for where, it in records:
         if not isinstance(it, dict) or not str(it.get("instruction", "")).strip():
-            raise DataError(path, f"record {i}", "instruction", "expected a non-empty string")
+            raise DataError(path, where, "instruction", "expected a non-empty string")
+    items = [it for _, it in records]
     return items[:limit] if limit else items
 
 
