@@ -14,6 +14,19 @@ from tapir_exp.errors import ConfigError
 from tapir_exp.llm.base import Backend, ChatRequest, ChatResult, RetryableError
 
 
+def _sdk_http() -> Any:
+    """The HTTP library the installed openai SDK is built on (httpx2 from openai 3, httpx before)."""
+    try:
+        import httpx2
+    except ImportError:
+        return httpx
+    return httpx2
+
+
+# The HTTP library the installed SDK is built on, resolved once (it is named on every request).
+HTTP = _sdk_http()
+
+
 class OpenAIBackend(Backend):
     name = "openai"
 
@@ -68,12 +81,10 @@ class OpenAIBackend(Backend):
         return len(self.clients) - 1
 
     def _http_client(self) -> Any:
-        if self._transport == "aiohttp":  # the SDK's own aiohttp transport (pip install openai[aiohttp])
-            limits = _sdk_http().Limits(max_connections=self._per, max_keepalive_connections=self._per)
-            return openai.DefaultAioHttpClient(limits=limits, timeout=self._client_kw["timeout"])
-        http = _sdk_http()
-        return http.AsyncClient(limits=http.Limits(max_connections=self._per, max_keepalive_connections=self._per),
-                                timeout=self._client_kw["timeout"])
+        limits = HTTP.Limits(max_connections=self._per, max_keepalive_connections=self._per)
+        # aiohttp: the SDK's own aiohttp transport (pip install openai[aiohttp])
+        client = openai.DefaultAioHttpClient if self._transport == "aiohttp" else HTTP.AsyncClient
+        return client(limits=limits, timeout=self._client_kw["timeout"])
 
     def supports_logprobs(self) -> bool:
         return self._logprobs
@@ -95,7 +106,7 @@ class OpenAIBackend(Backend):
             # The client's generic POST (its documented route for raw requests) instead of
             # chat.completions.create: the SDK's recursive transform of the params and its pydantic response
             # models were half of the client's CPU per request (bench/README.md); the JSON is read here.
-            resp = await self.clients[slot].post("/chat/completions", body=kw, cast_to=_sdk_http().Response)
+            resp = await self.clients[slot].post("/chat/completions", body=kw, cast_to=HTTP.Response)
             data = resp.json()
         except openai.RateLimitError as e:
             raise RetryableError(f"429 rate limited: {_message(e)}", retry_after=_retry_after(e.response)) from e
@@ -128,15 +139,6 @@ def _retry_after(response: Any) -> float | None:
 
 def _message(e: openai.APIStatusError) -> str:
     return str(getattr(e, "message", e))[:200]
-
-
-def _sdk_http() -> Any:
-    """The HTTP library the installed openai SDK is built on (httpx2 from openai 3, httpx before)."""
-    try:
-        import httpx2
-    except ImportError:
-        return httpx
-    return httpx2
 
 
 def _chat_result(request_id: str, data: Any) -> ChatResult:
