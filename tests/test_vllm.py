@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-VLLM_PYTHON = Path(os.environ.get("TAPIR_VLLM_PYTHON", REPO / ".venv-vllm/bin/python"))
+from tests.support_llm import VLLM_PYTHON
+
 HERE = importlib.util.find_spec("vllm") is not None
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(

@@ -9,18 +9,14 @@ import os
 import re
 import subprocess
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 
 from tapir_exp.llm import build_oracle
 from tapir_exp.llm.smollm2 import smollm2_hf_dir
-from tests.support_llm import oracle_cfg
+from tests.support_llm import VLLM_PYTHON, oracle_cfg
 from tests.support_pipeline import free_port
-
-REPO = Path(__file__).resolve().parents[1]
-VLLM_PYTHON = Path(os.environ.get("TAPIR_VLLM_PYTHON", REPO / ".venv-vllm/bin/python"))
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     not VLLM_PYTHON.exists(), reason=f"no vLLM venv at {VLLM_PYTHON} (bash scripts/setup_vllm_cpu.sh makes it): "
