@@ -98,8 +98,9 @@ class VLLMGenerator:
         import importlib.util
 
         if self.python is None and importlib.util.find_spec("vllm") is None:
-            raise ConfigError("generation", "generation=vllm needs the vllm package (pip install 'tapir-exp[vllm]', "
-                                            "GPU); use generation=hf on CPU")
+            raise ConfigError("generation", "generation=vllm needs the vllm package here (pip install "
+                                            "'tapir-exp[vllm]') or generation.python=<a venv with vLLM, e.g. "
+                                            ".venv-vllm/bin/python from scripts/setup_vllm_cpu.sh>")
         with tempfile.TemporaryDirectory(prefix="tapir-vllm-") as tmp:
             job = Path(tmp) / "job.json"
             result = Path(tmp) / "out.json"
