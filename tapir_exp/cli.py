@@ -9,16 +9,20 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
+from typing import Any
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-import tapir_exp.config  # noqa: F401  (registers resolvers before Hydra composes)
+from tapir_exp.config import adopt_hydra_output_dir, packaged_dir
+from tapir_exp.config_schema import check_config
 from tapir_exp.errors import TapirError
 
-# The config tree lives at the repository root (conf/); tapir-exp is installed editable (pip install -e .).
-CONFIG_PATH = str(Path(__file__).resolve().parent.parent / "conf")
+# The config tree: conf/ at the repository root, shipped inside the package (tapir_exp/conf) - see
+# pyproject.toml. Your own experiment files from any folder: `tapir --config-dir DIR experiment=NAME`.
+CONFIG_PATH = str(packaged_dir("conf"))
 
 
 def _fail(err: BaseException) -> None:
@@ -26,11 +30,26 @@ def _fail(err: BaseException) -> None:
     sys.exit(2)
 
 
+class ConfigCheck(Callback):
+    """Checks the composed config before Hydra creates the run directory (conf/hydra/default.yaml), so a
+    refused value leaves no directory behind. ``run_task`` checks again: it also runs for multirun jobs."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        HydraConfig.instance().set_config(config)  # ${hydra:...} (the run name) resolves as in the job
+        try:
+            check_config(config)
+        except TapirError as err:
+            _fail(err)
+
+
 def run_task(cfg: DictConfig) -> dict | None:
-    """Run one job of whatever mode the config selects; user errors become one line and exit 2."""
+    """Run one job of whatever mode the config selects; user errors become one line and exit 2.
+    Nothing is loaded, sent or written before the config passed its check."""
     from tapir_exp.task import run
 
     try:
+        adopt_hydra_output_dir(cfg)
+        check_config(cfg)
         return run(cfg)
     except TapirError as err:
         _fail(err)

@@ -11,7 +11,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from tapir_exp.store import atomic_write_text
 
@@ -38,18 +38,33 @@ def run_name_from_overrides(override_dirname: str, max_len: int = 80) -> str:
     return f"{safe[: max_len - 11]}-{digest}"
 
 
-# Overrides that change speed, bookkeeping or credentials but not results never name a run (so e.g. raising
-# oracle.limits.concurrency resumes the same run), and a secret must never become a directory name.
-_UNNAMED_PREFIXES = ("oracle.limits.", "oracle.progress", "oracle.cache.", "hydra.", "paths.", "eval.model")
+# What does not name a run - the one list (Hydra's override_dirname is not filtered; the run name is). Overrides
+# that change speed, bookkeeping, credentials or where things go, not results, so that e.g. raising
+# oracle.limits.concurrency or logger=csv resumes the same run. A step's signature leaves out the same oracle
+# backend keys (``names_run``). Entries match a key and everything under it; ``*`` matches one key.
+NOT_NAMING_A_RUN = (
+    "mode", "name", "logger", "hydra", "paths", "eval.model",
+    "oracle.limits", "oracle.progress", "oracle.cache",
+    "oracle.backends.*.api_key", "oracle.backends.*.organization", "oracle.backends.*.cache_dir",
+    "oracle.backends.*.batch_size", "oracle.backends.*.device",
+)
+
+
+def names_run(key: str) -> bool:
+    """Whether an override of ``key`` (``a.b.c``, or a group ``a/b``) names a run; secrets never do."""
+    key = key.lstrip("+~")
+    if _SECRET_KEY.search(key):
+        return False
+    parts = re.split(r"[./]", key)
+    for entry in NOT_NAMING_A_RUN:
+        want = entry.split(".")
+        if len(parts) >= len(want) and all(w in ("*", p) for w, p in zip(want, parts, strict=False)):
+            return False
+    return True
 
 
 def _drop_unnamed_overrides(dirname: str) -> str:
-    kept = []
-    for item in re.split(r",(?=[+~]?[A-Za-z_][\w./@-]*=)", dirname):
-        key = item.split("=", 1)[0].lstrip("+~")
-        if key.startswith(_UNNAMED_PREFIXES) or _SECRET_KEY.search(key):
-            continue
-        kept.append(item)
+    kept = [item for item in re.split(r",(?=[+~]?[A-Za-z_][\w./@-]*=)", dirname) if names_run(item.split("=", 1)[0])]
     return ",".join(kept)
 
 
@@ -133,3 +148,32 @@ def _redact_text(text: str) -> str:
 
     text = _INLINE.sub(sub, text)
     return re.sub(r"sk-[A-Za-z0-9_\-]{8,}|hf_[A-Za-z0-9]{8,}", REDACTED, text)
+
+
+def adopt_hydra_output_dir(cfg: DictConfig) -> None:
+    """One run directory. Hydra's output directory is ``paths.run_dir`` unless something moved it - a
+    ``hydra.run.dir=X`` / ``hydra.sweep.dir=X`` on the command line (a Hydra user's habit) or a launcher - and
+    then X becomes the run directory for everything (artifacts, ``.hydra/``, ``tapir.log``), not only for
+    Hydra's own files. Giving both ``paths.run_dir`` and a different Hydra directory is refused."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return
+    hc = HydraConfig.get()
+    hydra_dir = hc.runtime.output_dir
+    if not hydra_dir or Path(hydra_dir).resolve() == Path(cfg.paths.run_dir).resolve():
+        return
+    if any(o.split("=", 1)[0].lstrip("+~") == "paths.run_dir" for o in hc.overrides.task):
+        from tapir_exp.errors import ConfigError
+
+        raise ConfigError("paths.run_dir", f"got {cfg.paths.run_dir} and a different Hydra output directory "
+                                           f"{hydra_dir} (hydra.run.dir / hydra.sweep.dir); set only paths.run_dir")
+    with open_dict(cfg):
+        cfg.paths.run_dir = str(hydra_dir)
+
+
+def packaged_dir(name: str) -> Path:
+    """``conf`` or ``launchers``: top-level folders of the repository that ship inside the package. In the
+    source tree ``tapir_exp/<name>`` is a symlink to ``../<name>``; a built wheel holds the files themselves
+    (package data, pyproject.toml), so editable and wheel installs find them the same way."""
+    return Path(str(resources.files("tapir_exp").joinpath(name)))
