@@ -286,8 +286,8 @@ RULES: tuple[Rule, ...] = (
     Rule("trainer.num_workers", integer(0), required=False),
     Rule("trainer.log_every_n_steps", count, required=False),
     Rule("trainer.checkpoint_every_n_steps", count, required=False),
-    Rule("trainer.deepspeed", null_or(mapping_of(one_of(boolean(), number()))), required=False),
-    Rule("trainer.deepspeed.stage", choice(1, 2, 3), when=lambda c: _get(c, "trainer.strategy") == "deepspeed"),
+    Rule("trainer.deepspeed.stage", choice(1, 2, 3), required=False,
+         when=lambda c: _get(c, "trainer.strategy") == "deepspeed"),
     # -- generation (keys of whichever generator is chosen)
     Rule("generation", target()),
     Rule("generation.max_new_tokens", count),
@@ -404,7 +404,7 @@ def _check_relations(c: dict[str, Any]) -> None:
         v = _get(c, key)
         if isinstance(v, list) and (key == "curriculum.size" or _get(c, "curriculum.schedule") == "list") \
                 and len(v) < rounds:
-            raise ConfigError(key, f"got {len(v)} values, expected one per round (curriculum.rounds={rounds})")
+            raise ConfigError(key, f"got {len(v)} value(s), expected one per round (curriculum.rounds={rounds})")
     backends = _get(c, "oracle.backends") or {}
     for role in ROLES:
         name = _get(c, f"oracle.roles.{role}.backend")
