@@ -150,6 +150,11 @@ def _on(key: str) -> Callable[[dict[str, Any]], bool]:
     return lambda cfg: bool(_get(cfg, key))
 
 
+def _from_file(cfg: dict[str, Any]) -> bool:
+    """The pool is read from data.path (not built by a data.generator, as the skills world's is)."""
+    return _get(cfg, "data.generator") is None
+
+
 def _refine_styles() -> list[str]:
     from tapir_exp.prompts import available
 
@@ -212,12 +217,12 @@ RULES: tuple[Rule, ...] = (
     Rule("steps.refine.default_style", null_or(choice_of(_refine_styles))),
     Rule("steps.failure_budget", fraction),
     # -- data (the file itself is checked by its reader, which names the file, line and field)
-    Rule("data.path", string(), when=lambda c: _get(c, "data.generator") is None),
-    Rule("data.generator", target(), required=False, when=lambda c: _get(c, "data.generator") is not None),
-    Rule("data.format", choice("auto", "alpaca", "sharegpt", "openai", "hf")),
-    Rule("data.fields", null_or(mapping_of(string()))),
-    Rule("data.on_error", choice("raise", "skip")),
-    Rule("data.id_prefix", null_or(string())),
+    Rule("data.path", string(), when=_from_file),
+    Rule("data.generator", target(), required=False, when=lambda c: not _from_file(c)),
+    Rule("data.format", choice("auto", "alpaca", "sharegpt", "openai", "hf"), when=_from_file),
+    Rule("data.fields", null_or(mapping_of(string())), when=_from_file),
+    Rule("data.on_error", choice("raise", "skip"), when=_from_file),
+    Rule("data.id_prefix", null_or(string()), when=_from_file),
     Rule("data.use_given_responses", boolean()),
     Rule("data.pool_size", optional_count),
     Rule("data.classify_method", choice("oracle", "distill", "given"), required=False),
@@ -286,7 +291,7 @@ RULES: tuple[Rule, ...] = (
     Rule("trainer.num_workers", integer(0), required=False),
     Rule("trainer.log_every_n_steps", count, required=False),
     Rule("trainer.checkpoint_every_n_steps", count, required=False),
-    Rule("trainer.deepspeed.stage", choice(1, 2, 3), required=False,
+    Rule("trainer.deepspeed.stage", choice(2, 3), required=False,
          when=lambda c: _get(c, "trainer.strategy") == "deepspeed"),
     # -- generation (keys of whichever generator is chosen)
     Rule("generation", target()),
@@ -307,6 +312,7 @@ RULES: tuple[Rule, ...] = (
     Rule("eval.alpaca_eval.enabled", boolean()),
     Rule("eval.alpaca_eval.path", existing_file(), when=_on("eval.alpaca_eval.enabled")),
     Rule("eval.alpaca_eval.max_items", optional_count, required=False),
+    Rule("eval.alpaca_eval.both_orders", boolean(), required=False),
     Rule("eval.alpaca_eval.annotator", null_or(string()), required=False),
     Rule("eval.alpaca_eval.lc.gamed_annotations", null_or(existing_file()), required=False,
          when=_on("eval.alpaca_eval.enabled")),
