@@ -21,6 +21,7 @@ from tapir_exp.config import NOT_NAMING_A_RUN, names_run
 from tapir_exp.config_schema import PRECISIONS, RULES, STRATEGIES, check_config
 from tapir_exp.errors import ConfigError
 from tapir_exp.testing.openai_server import FakeOpenAIServer
+from tests.support_config import composed_every_option
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
@@ -154,24 +155,10 @@ def _compose(overrides: list[str]):
     return cfg
 
 
-NEEDS_PATH = {"alpaca_json", "jsonl", "hf_dataset", "llama2_7b_alpaca", "llama2_13b_alpaca", "qwen1_5_7b_alpaca"}
-OPTIONS = [(g.name, o.stem) for g in sorted(CONF.iterdir()) if g.is_dir() and g.name != "hydra"
-           for o in sorted(g.glob("*.yaml"))]
-
-
 @pytest.fixture(scope="module")
 def every_option(tmp_path_factory):
-    """Every option of every group (experiments included), composed once: (group, option, config)."""
-    os.environ["TAPIR_ROOT"] = str(tmp_path_factory.mktemp("root"))
-    try:
-        out = []
-        for group, option in OPTIONS:
-            extra = ["data.path=pool.jsonl"] if option in NEEDS_PATH else []
-            cfg = _compose([f"{group}={option}", *extra])
-            out.append((group, option, cfg, OmegaConf.to_container(cfg, resolve=False)))
-        return out
-    finally:
-        os.environ.pop("TAPIR_ROOT")
+    """Every option of every group (experiments included), composed once: (group, option, config, container)."""
+    return composed_every_option()
 
 
 def test_every_shipped_option_and_experiment_passes(every_option):
@@ -229,8 +216,8 @@ def test_one_list_of_what_does_not_name_a_run(tmp_path, every_option):
                 defined.add(f"{prefix}{k}")
                 walk(v, f"{prefix}{k}.")
 
-    for *_, container in every_option:
-        walk(container, "")
+    for _, _, cfg, _ in every_option:
+        walk(OmegaConf.to_container(cfg, resolve=False), "")  # hydra's node too: `hydra` is on the list
     for entry in NOT_NAMING_A_RUN:
         pattern = entry.replace(".", r"\.").replace("*", r"[^.]+")
         assert any(re.fullmatch(pattern, k) for k in defined), entry
