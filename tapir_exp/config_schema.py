@@ -347,21 +347,27 @@ def _describe(v: Any) -> str:
     return repr(v)
 
 
+@dataclass(frozen=True)
+class _NotMapping:
+    value: Any
+
+
 def _expand(node: Any, parts: list[str], prefix: str) -> list[tuple[str, Any]]:
-    """(dotted key, value) for every key matching ``parts``; ``_MISSING`` for an absent last key."""
+    """(dotted key, value) for every key matching ``parts``: ``_MISSING`` for an absent key, ``_NotMapping`` where
+    a node on the way holds a value instead of keys; nothing below a null node (an option switched off)."""
     if not parts:
         return [(prefix, node)]
-    head, rest = parts[0], parts[1:]
+    if node is _MISSING:
+        return [(".".join(x for x in (prefix, *parts) if x), _MISSING)]
+    if node is None:
+        return []
     if not isinstance(node, dict):
-        return [] if node is None or node is _MISSING else [(prefix, _NOT_A_MAPPING)]
-    keys = list(node) if head == "*" else [head]
+        return [(prefix, _NotMapping(node))]
+    head, rest = parts[0], parts[1:]
     out = []
-    for k in keys:
+    for k in (list(node) if head == "*" else [head]):
         out += _expand(node.get(k, _MISSING), rest, f"{prefix}.{k}" if prefix else str(k))
     return out
-
-
-_NOT_A_MAPPING = object()
 
 
 def _resolved(cfg: DictConfig) -> dict[str, Any]:
@@ -386,8 +392,8 @@ def check_config(cfg: DictConfig | Mapping[str, Any], rules: tuple[Rule, ...] = 
                 if rule.required:
                     raise ConfigError(key, f"missing, expected {rule.check(_MISSING)}")
                 continue
-            if value is _NOT_A_MAPPING:
-                raise ConfigError(key, "its parent is not a mapping")
+            if isinstance(value, _NotMapping):
+                raise ConfigError(key, f"got {_describe(value.value)}, expected a mapping (with {rule.key})")
             expected = rule.check(value)
             if expected:
                 raise ConfigError(key, f"got {_describe(value)}, expected {expected}")

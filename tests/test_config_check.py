@@ -57,6 +57,9 @@ BAD = {
     "eval.mt_bench.enabled=yes": "'eval.mt_bench.enabled': got 'yes' (str), expected true or false",
     "+logger.mode=sometimes": "'logger.mode': got 'sometimes' (str), expected null or one of: online, offline, disabled",
     "paths.cache_dir=''": "'paths.cache_dir': got '' (str), expected a non-empty string",
+    # a node deleted or replaced by a value
+    "~steps.mfd": "'steps.mfd.delta': missing, expected a number",
+    "steps.refine=5": "'steps.refine': got 5, expected a mapping (with steps.refine.enabled)",
 }
 
 
