@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
+from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue, OmegaConfBaseException
 
 from tapir_exp.errors import ConfigError
 
@@ -379,6 +379,8 @@ def _resolved(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError(str(e.full_key), "no value given (??? in the config): set it on the command line") from None
     except InterpolationResolutionError as e:
         raise ConfigError(str(e.full_key), f"cannot be resolved: {str(e).splitlines()[0]}") from None
+    except OmegaConfBaseException as e:  # e.g. a malformed ${...}
+        raise ConfigError(str(getattr(e, "full_key", "") or "?"), str(e).splitlines()[0]) from None
 
 
 def check_config(cfg: DictConfig | Mapping[str, Any], rules: tuple[Rule, ...] = RULES) -> None:
