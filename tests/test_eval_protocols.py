@@ -191,7 +191,7 @@ def test_mt_bench_fastchat_judge_equals_fastchat(tmp_path, monkeypatch):
         oracle.close()
     ours = {(j["question_id"], j["turn"]): j for j in map(json.loads, (tmp_path / "mt_bench_judgments.jsonl").open())}
     sent = {json.dumps(r["messages"]): r for r in srv.requests}
-    assert set(ours) == set(theirs) and len(ours) == 15  # 8 questions; the one-turn question has no turn 2
+    assert set(ours) == set(theirs) and len(ours) == 16  # 9 questions: turn 2 of two-turn questions only
     for key, fc in theirs.items():
         req = sent[json.dumps(fc["messages"])]  # FastChat's exact messages reached the server
         assert (req["temperature"], req["max_tokens"]) == (fc["temperature"], fc["max_tokens"]) == (0, 2048)
@@ -200,7 +200,7 @@ def test_mt_bench_fastchat_judge_equals_fastchat(tmp_path, monkeypatch):
     assert any("=== Reference ===" in r["messages"][-1]["content"] for r in srv.requests)
     kept = [fc["score"] for fc in theirs.values() if fc["score"] != -1]  # FastChat's show_result drops -1
     assert m["mt_bench/score"] == pytest.approx(sum(kept) / len(kept), abs=1e-4)
-    assert m["mt_bench/n_questions"] == 8 and m["mt_bench/n_judged"] == len(kept)
+    assert m["mt_bench/n_questions"] == 9 and m["mt_bench/n_judged"] == len(kept)
     assert m["mt_bench/protocol/judge_prompts"] == "fastchat" and m["mt_bench/protocol/judge_model"] == "gpt-4"
     assert m["mt_bench/protocol/leaderboard"].startswith("leaderboard protocol")
     for text in JUDGMENTS + ["[[07]]", "[3.5]", "[[ 4 ]]"]:
@@ -329,9 +329,9 @@ def test_tapir_eval_scores_answer_files_and_a_checkpoint(tmp_path):
     out = dict(line.split(": ", 1) for line in proc.stdout.splitlines() if line.startswith(("alpaca_eval/", "mt_bench/")))
     assert n_alpaca == 5 and out["alpaca_eval/n_items"] == "6"  # one draw (identical outputs) needs no request
     assert out["alpaca_eval/protocol/annotator"] == WEIGHTED and out["mt_bench/protocol/judge_prompts"] == "fastchat"
-    assert out["mt_bench/n_questions"] == "8"  # the whole question file: no demo cap
+    assert out["mt_bench/n_questions"] == "9"  # the whole question file: no demo cap
     answers = [json.loads(x) for x in next(tmp_path.rglob("eval/mt_bench_answers.jsonl")).read_text().splitlines()]
-    assert len(answers) == 8 and all(len(a["choices"][0]["turns"]) == len(q["turns"])
+    assert len(answers) == 9 and all(len(a["choices"][0]["turns"]) == len(q["turns"])
                                      for a, q in zip(answers, _questions(), strict=True))
     bad = subprocess.run([sys.executable, "-m", "tapir_exp.cli", "mode=eval", "logger=none",
                           f"eval.model={tmp_path / 'nowhere'}"], cwd=tmp_path, env=tapir_env(tmp_path),
