@@ -256,6 +256,8 @@ def test_alpaca_eval_metadata_and_not_available_lc_error(tmp_path):
                                oracle, None, tmp_path / "a", 1, "student", model_outputs=tmp_path / "outputs.json")
         ours = alpaca_eval(OmegaConf.create({"eval": {"alpaca_eval": {**base, "annotator": "tapir_pairwise"}}}), None,
                            oracle, None, tmp_path / "b", 1, "student", model_outputs=tmp_path / "outputs.json")
+        capped = alpaca_eval(OmegaConf.create({"eval": {"alpaca_eval": {**base, "max_items": 4}}}), None,
+                             oracle, None, tmp_path / "d", 1, "student", model_outputs=tmp_path / "outputs.json")
         oracle.close()
     assert official["alpaca_eval/protocol/annotator"] == WEIGHTED
     assert official["alpaca_eval/protocol/judge_model"] == "small-local-judge"
@@ -267,6 +269,7 @@ def test_alpaca_eval_metadata_and_not_available_lc_error(tmp_path):
     assert ours["alpaca_eval/protocol/annotator"] == "tapir_pairwise"
     assert ours["alpaca_eval/protocol/leaderboard"].startswith("not a leaderboard number: our own judge prompt")
     assert ours["alpaca_eval/protocol/annotator_hash"] != official["alpaca_eval/protocol/annotator_hash"]
+    assert capped["alpaca_eval/n_items"] == 4 and "4 of the 8 items of ref.json" in capped["alpaca_eval/protocol/leaderboard"]
     written = json.loads((tmp_path / "a/model_outputs.json").read_text())
     assert [w["output"] for w in written] == [m["output"] for m in model]
     (tmp_path / "outputs.json").write_text(json.dumps(model[:5]))

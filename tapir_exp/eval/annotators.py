@@ -125,6 +125,7 @@ class OracleCompletions:
 
     def __init__(self, oracle: Any, round: int, label: str):
         self.oracle, self.round, self.label = oracle, round, label
+        self.sent = 0  # alpaca_eval calls once per chunk of 128: request ids count on across calls
 
     def __call__(self, prompts: list[str], model_name: str | None = None, is_strip: bool = True,
                  **kwargs: Any) -> dict[str, list[Any]]:
@@ -144,7 +145,9 @@ class OracleCompletions:
                                       f"{extra[0]!r}, which the oracle client cannot send")
             else:
                 messages = [{"role": "user", "content": prompt}]
-            requests.append(self.oracle.request("eval_judge", messages, id=f"alpaca_eval/{self.label}/{i}", **send))
+            requests.append(self.oracle.request("eval_judge", messages, id=f"alpaca_eval/{self.label}/{self.sent + i}",
+                                                **send))
+        self.sent += len(prompts)
         t0 = time.perf_counter()
         results = self.oracle.chat_many("eval_judge", requests, step="eval_alpaca", round=self.round)
         seconds = (time.perf_counter() - t0) / max(1, len(prompts))

@@ -48,7 +48,7 @@ def item_limit(node: DictConfig, key: str) -> int | None:
     return int(demo_cap) if demo_cap is not None and _is_demo(node.path) else None
 
 
-def load_alpaca_eval(path: str | Path, limit: int | None) -> list[dict[str, Any]]:
+def load_alpaca_eval(path: str | Path) -> list[dict[str, Any]]:
     try:
         records = list(iter_json_array(Path(path)))
     except FileNotFoundError as e:
@@ -58,8 +58,7 @@ def load_alpaca_eval(path: str | Path, limit: int | None) -> list[dict[str, Any]
             raise DataError(path, where, "instruction", "expected a non-empty string")
         if not isinstance(it.get("output"), str):
             raise DataError(path, where, "output", "expected the reference output (a string)")
-    items = [it for _, it in records]
-    return items[:limit] if limit else items
+    return [it for _, it in records]
 
 
 def load_model_outputs(path: str | Path, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -86,7 +85,7 @@ def load_model_outputs(path: str | Path, items: list[dict[str, Any]]) -> list[di
     return out
 
 
-def load_mt_bench(path: str | Path, limit: int | None) -> list[dict[str, Any]]:
+def load_mt_bench(path: str | Path) -> list[dict[str, Any]]:
     out = []
     if not Path(path).is_file():
         raise DataError(path, None, None, "file not found (eval.mt_bench.path)")
@@ -96,7 +95,7 @@ def load_mt_bench(path: str | Path, limit: int | None) -> list[dict[str, Any]]:
         if "question_id" not in q:
             raise DataError(path, where, "question_id", "expected FastChat's question id")
         out.append(q)
-    return out[:limit] if limit else out
+    return out
 
 
 def load_mt_bench_answers(path: str | Path, questions: list[dict[str, Any]]) -> list[list[str]]:
@@ -133,7 +132,8 @@ def alpaca_eval(cfg: DictConfig, model_dir: Path | None, oracle: Any, generator:
                 model_name: str, model_outputs: str | Path | None = None) -> dict[str, Any]:
     ae = cfg.eval.alpaca_eval
     annotator = build_annotator(ae)
-    items = load_alpaca_eval(ae.path, item_limit(ae, "max_items"))
+    every = load_alpaca_eval(ae.path)
+    items = every[:item_limit(ae, "max_items") or len(every)]
     if model_outputs is not None:
         outputs = load_model_outputs(model_outputs, items)
     else:
@@ -162,6 +162,8 @@ def alpaca_eval(cfg: DictConfig, model_dir: Path | None, oracle: Any, generator:
         reasons.append(f"judge model {protocol['judge_model']} is not the annotator's {protocol['annotator_model']}")
     if gamed is None:
         reasons.append("LC formula minimal, not length_controlled_v1")
+    if len(items) < len(every):
+        reasons.append(f"{len(items)} of the {len(every)} items of {Path(str(ae.path)).name}")
     metrics: dict[str, Any] = {
         "alpaca_eval/win_rate": wr, "alpaca_eval/standard_error": se,
         "alpaca_eval/lc_win_rate": lc and lc.win_rate, "alpaca_eval/lc_standard_error": lc and lc.standard_error,
@@ -190,7 +192,8 @@ def mt_bench(cfg: DictConfig, model_dir: Path | None, oracle: Any, generator: An
              model_name: str, answers_file: str | Path | None = None) -> dict[str, Any]:
     mt = cfg.eval.mt_bench
     judge = build_mt_judge(mt)
-    questions = load_mt_bench(mt.path, item_limit(mt, "max_questions"))
+    every = load_mt_bench(mt.path)
+    questions = every[:item_limit(mt, "max_questions") or len(every)]
     judge.check(questions, str(mt.path))
     answers = (load_mt_bench_answers(answers_file, questions) if answers_file is not None
                else _answer(generator, model_dir, questions))
@@ -237,6 +240,8 @@ def mt_bench(cfg: DictConfig, model_dir: Path | None, oracle: Any, generator: An
     reasons = [] if fastchat else [f"our own judge prompt ({protocol['judge_prompts']})"]
     if fastchat and protocol["judge_model"] != FASTCHAT_JUDGE_MODEL:
         reasons.append(f"judge model {protocol['judge_model']}, not FastChat's {FASTCHAT_JUDGE_MODEL}")
+    if len(questions) < len(every):
+        reasons.append(f"{len(questions)} of the {len(every)} questions of {Path(str(mt.path)).name}")
     metrics.update({f"mt_bench/protocol/{k}": v for k, v in protocol.items() if v is not None})
     metrics["mt_bench/protocol/leaderboard"] = _note(reasons, f"FastChat single grading, {protocol['judge_model']}")
     return metrics
