@@ -48,6 +48,8 @@ def judge_responder(body: dict) -> str | dict:
     """alpaca_eval's leaderboard prompt: one token "m"/"M" with log-probabilities (sometimes neither among
     the top tokens, which alpaca_eval scores as no annotation); anything else: a FastChat-style judgment."""
     u = _u(body["messages"])
+    if "Your verdict:" in body["messages"][-1]["content"]:  # own_annotator_config's prompt
+        return ["[[A]]", "[[B]]", "Verdict [[B]]", "neither"][int(u * 4)]
     if "## Best Model Identifier" in body["messages"][-1]["content"]:
         if u < 0.15:
             return {"text": "The", "top_logprobs": [{"The": -0.2, "Both": -1.9}]}
@@ -73,45 +75,70 @@ def oracle_for(srv: FakeOpenAIServer, tmp: Path, model: str = "gpt-4-1106-previe
     return build_oracle(cfg, tmp)
 
 
-SENT = ("model", "messages", "max_tokens", "temperature", "logprobs", "top_logprobs")
+SENT = ("model", "messages", "max_tokens", "temperature", "top_p", "logprobs", "top_logprobs")
 
 
 def _sent(requests: list[dict]) -> list[str]:
     return sorted(json.dumps({k: r.get(k) for k in SENT}, sort_keys=True) for r in requests)
 
 
-def test_alpaca_eval_annotator_sends_alpaca_eval_prompts_and_gets_its_preferences(tmp_path, monkeypatch):
+def own_annotator_config(tmp: Path) -> Path:
+    """An annotator config in alpaca_eval's layout, given by path: a ChatML prompt, a regex parser, and no
+    sampling parameters but the model (so alpaca_eval's decoder defaults apply)."""
+    d = tmp / "verdict_annotator"
+    d.mkdir()
+    (d / "prompt.txt").write_text("<|im_start|>system\nYou pick the better of two answers.\n<|im_end|>\n<|im_start|>user\n"
+                                  "Task: {instruction}\n\nAnswer A: {output_1}\n\nAnswer B: {output_2}\n\n"
+                                  "Reply [[A]] or [[B]]. Your verdict:\n<|im_end|>")
+    (d / "configs.yaml").write_text(
+        "verdict_annotator:\n  prompt_template: verdict_annotator/prompt.txt\n  fn_completions: openai_completions\n"
+        "  completions_kwargs:\n    model_name: gpt-4-1106-preview\n  fn_completion_parser: regex_parser\n"
+        "  completion_parser_kwargs:\n    outputs_to_match:\n      1: '\\[\\[A\\]\\]'\n      2: '\\[\\[B\\]\\]'\n"
+        "  batch_size: 1\n")
+    return d / "configs.yaml"
+
+
+@pytest.mark.parametrize("which", ["shipped", "path"])
+def test_alpaca_eval_annotator_sends_alpaca_eval_prompts_and_gets_its_preferences(which, tmp_path, monkeypatch):
     """Same triples: alpaca_eval's own annotator (its openai decoder over HTTP) and ours (its annotator, our
     oracle client) send the same requests (prompt, order randomisation, sampling) and get the same
-    preferences from the same log-probabilities; our requests go through the oracle's cache and ledger."""
+    preferences — from the same log-probabilities (the leaderboard's weighted annotator) or the same text (a
+    config given by path); our requests go through the oracle's cache and ledger."""
     from alpaca_eval.annotators import PairwiseAnnotator
 
     monkeypatch.delenv("OPENAI_CLIENT_CONFIG_PATH", raising=False)
+    name = WEIGHTED if which == "shipped" else str(own_annotator_config(tmp_path))
     ref, model = triples()
     with FakeOpenAIServer(responder=judge_responder) as srv:
-        theirs = PairwiseAnnotator(annotators_config=WEIGHTED, caching_path=None).annotate_head2head(
+        theirs = PairwiseAnnotator(annotators_config=name, caching_path=None).annotate_head2head(
             outputs_1=ref, outputs_2=model, openai_api_base=srv.base_url, openai_api_keys=["test-key"], num_procs=1)
         their_requests = list(srv.requests)
         srv.requests.clear()
         oracle = oracle_for(srv, tmp_path)
-        ours = AlpacaEvalAnnotator(WEIGHTED).annotate(ref, model, oracle, round=1)
+        ours = AlpacaEvalAnnotator(name).annotate(ref, model, oracle, round=1)
         our_requests = list(srv.requests)
-        again = AlpacaEvalAnnotator(WEIGHTED).annotate(ref, model, oracle, round=1)  # answered from the cache
+        again = AlpacaEvalAnnotator(name).annotate(ref, model, oracle, round=1)  # answered from the cache
         oracle.close()
     assert len(their_requests) == 7 and _sent(our_requests) == _sent(their_requests)  # item 3 is a draw: no request
     # alpaca_eval's order randomisation put the model's output first in some prompts, second in others
-    assert any("a box." in r["messages"][-1]["content"].split('"M"')[0] for r in our_requests)
-    assert any("a box." in r["messages"][-1]["content"].split('"M"')[1] for r in our_requests)
+    second = '"M"' if which == "shipped" else "Answer B:"
+    assert any("a box." in r["messages"][-1]["content"].split(second)[0] for r in our_requests)
+    assert any("a box." in r["messages"][-1]["content"].split(second)[1] for r in our_requests)
     theirs_by = {r["instruction"]: r["preference"] for r in theirs}
     expected = [None if theirs_by[r["instruction"]] is None or math.isnan(theirs_by[r["instruction"]])
                 else theirs_by[r["instruction"]] for r in ref]
     assert ours.preferences == pytest.approx(expected, abs=1e-12)
-    assert ours.preferences[3] == 1.5 and None in ours.preferences  # the draw; a reply without "m"/"M"
-    assert len({p for p in ours.preferences if p is not None}) >= 5  # weighted, not binarised
+    assert ours.preferences[3] == 1.5 and None in ours.preferences  # the draw; a reply it cannot parse
+    if which == "shipped":
+        assert len({p for p in ours.preferences if p is not None}) >= 5  # weighted, not binarised
+    else:
+        assert {p for p in ours.preferences if p is not None} == {1.0, 1.5, 2.0}
+        assert {(r["temperature"], r["max_tokens"], r["top_p"]) for r in our_requests} == {(0.7, 2048, 1.0)}
     assert again.preferences == ours.preferences and len(srv.requests) == len(our_requests)
     usage = json.loads((tmp_path / "oracle_usage.json").read_text())
-    assert '"eval_alpaca"' in json.dumps(usage) and oracle.cache is not None
-    assert ours.protocol["annotator"] == WEIGHTED and ours.protocol["annotator_model"] == "gpt-4-1106-preview"
+    assert '"eval_alpaca"' in json.dumps(usage)
+    assert ours.protocol["annotator"] == Path(name).parent.name if which == "path" else WEIGHTED
+    assert ours.protocol["annotator_model"] == "gpt-4-1106-preview"
     assert len(ours.protocol["annotator_hash"]) == 12
     assert {"output_1", "output_2", "preference", "annotator"} <= set(ours.records[0])  # alpaca_eval's annotations
 

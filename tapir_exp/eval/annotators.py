@@ -130,7 +130,10 @@ class OracleCompletions:
     def __call__(self, prompts: list[str], model_name: str | None = None, is_strip: bool = True,
                  **kwargs: Any) -> dict[str, list[Any]]:
         prompt_to_chatml = _import_alpaca_eval("utils").prompt_to_chatml
-        send = {k: v for k, v in kwargs.items() if k in SENDABLE}
+        # alpaca_eval's openai decoder's defaults where the config gives none (openai_completions' max_tokens,
+        # _openai_completion_helper's temperature and top_p), not our role's
+        send = {"max_tokens": 2048, "temperature": 0.7, "top_p": 1.0,
+                **{k: v for k, v in kwargs.items() if k in SENDABLE}}
         if send.get("top_logprobs") is not None:
             send["top_logprobs"] = int(send["top_logprobs"])
         send["logprobs"] = bool(send.get("logprobs", False))
