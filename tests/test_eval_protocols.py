@@ -374,3 +374,39 @@ def test_round_evaluation_still_runs_with_a_model(tmp_path):
     cfg = OmegaConf.create({"eval": {"alpaca_eval": {"enabled": True}, "mt_bench": {"enabled": False}}})
     with pytest.raises(ConfigError, match="eval.model_outputs"):
         evaluate_round(cfg, None, None, None, tmp_path, 0, "x")
+
+
+def test_mode_eval_scores_answer_files_without_a_model(tmp_path, monkeypatch):
+    """mode=eval on the composed config with only answers files: alpaca_eval's model_outputs.json and FastChat's
+    answer JSONL are scored as they are (no checkpoint needed, nothing generated)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from tapir_exp.eval.standalone import evaluate_model
+    from tapir_exp.tracking import NullTracker
+
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+    ref, model = triples(6)
+    (tmp_path / "ref.json").write_text(json.dumps(ref))
+    (tmp_path / "model_outputs.json").write_text(json.dumps(model))
+    with FakeOpenAIServer(responder=judge_responder) as srv:
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+            cfg = compose("tapir", overrides=[
+                "mode=eval", "oracle=openai", f"oracle.backends.openai.base_url={srv.base_url}",
+                "oracle.backends.openai.model=gpt-4", "oracle.progress=false", f"paths.run_dir={tmp_path / 'run'}",
+                f"eval.alpaca_eval.path={tmp_path / 'ref.json'}", f"eval.model_outputs={tmp_path / 'model_outputs.json'}",
+                "eval.alpaca_eval.lc.cv_folds=2", f"eval.mt_bench.path={FASTCHAT_DATA / 'question.jsonl'}",
+                f"eval.mt_bench_answers={FASTCHAT_DATA / 'model_answer/student-x.jsonl'}",
+                f"eval.mt_bench.judge_prompts={FASTCHAT_DATA / 'judge_prompts.jsonl'}",
+                f"eval.mt_bench.references={FASTCHAT_DATA / 'reference_answer/gpt-4.jsonl'}"])
+        GlobalHydra.instance().clear()
+        result = evaluate_model(cfg, tmp_path / "run", NullTracker())
+    m = result["metrics"]
+    assert m["alpaca_eval/n_items"] == 6 and m["mt_bench/n_questions"] == 9 and m["mt_bench/n_judged"] > 0
+    assert m["alpaca_eval/protocol/annotator"] == "tapir_pairwise"  # the default: our prompt, and it says so
+    assert m["alpaca_eval/protocol/leaderboard"].startswith("not a leaderboard number")
+    assert m["mt_bench/protocol/leaderboard"].startswith("leaderboard protocol (FastChat single grading, gpt-4)")
+    answers = [json.loads(x) for x in (tmp_path / "run/eval/mt_bench_answers.jsonl").read_text().splitlines()]
+    theirs = [json.loads(x) for x in (FASTCHAT_DATA / "model_answer/student-x.jsonl").read_text().splitlines()]
+    assert [a["choices"][0]["turns"] for a in answers] == [t["choices"][0]["turns"] for t in theirs]
