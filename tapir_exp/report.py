@@ -60,7 +60,20 @@ def write_tables(runs: list[dict[str, Any]], out: Path) -> None:
     fmt = lambda v: "" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))  # noqa: E731
     lines = ["| run | rounds | " + " | ".join(cols) + " |", "|" + "---|" * (len(cols) + 2)]
     lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
-    (out / "report.md").write_text("# tapir-report\n\nLast round of each run.\n\n" + "\n".join(lines) + "\n")
+    (out / "report.md").write_text("# tapir-report\n\nLast round of each run.\n\n" + "\n".join(lines) + "\n"
+                                   + protocols_section(runs))
+
+
+def protocols_section(runs: list[dict[str, Any]]) -> str:
+    """Which protocol produced each run's last-round eval numbers (annotator / judge prompts and their hash,
+    judge model, LC formula) and whether they are leaderboard numbers."""
+    from tapir_exp.eval.protocol import describe
+
+    lines = []
+    for r in runs:
+        for suite, line in describe((r["rounds"][-1].get("eval") or {}) if r["rounds"] else {}).items():
+            lines.append(f"- {r['label']} {suite}: {line}")
+    return "\n## Evaluation protocols\n\n" + "\n".join(lines) + "\n" if lines else ""
 
 
 def plot(runs: list[dict[str, Any]], out: Path) -> list[Path]:

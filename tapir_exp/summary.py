@@ -107,6 +107,10 @@ def print_round(rec: dict[str, Any]) -> None:
         shown = {k: v for k, v in ev.items()
                  if k in ("alpaca_eval/win_rate", "alpaca_eval/lc_win_rate", "mt_bench/score", "skills/accuracy")}
         t.add_row("eval", ", ".join(f"{k} {_fmt(v)}" for k, v in shown.items()) or "-")
+        from tapir_exp.eval.protocol import describe
+
+        for suite, line in describe(ev).items():
+            t.add_row(f"{suite} protocol", line)
     o = rec.get("oracle") or {}
     if o:
         t.add_row("oracle", f"{o.get('requests', 0)} calls, {o.get('prompt_tokens', 0)}+{o.get('completion_tokens', 0)} tokens,"

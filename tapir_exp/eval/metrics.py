@@ -82,12 +82,20 @@ class GamedAnnotations:
         return cls(difficulty, rows)
 
 
+# alpaca_eval's names of the two GLM formulas (its get_length_controlled_winrate's glm_name)
+LC_FORMULAS = {"minimal": "minimal", "v1": "length_controlled_v1"}
+
+
 @dataclass(frozen=True)
 class LengthControlled:
     win_rate: float
     standard_error: float | None
     glm: str  # "minimal" or "v1"
     C: float  # the regularisation the fit used
+
+    @property
+    def formula(self) -> str:
+        return LC_FORMULAS[self.glm]
 
 
 def length_controlled_win_rate(preferences: Sequence[float | None], model_lengths: Sequence[int],
@@ -104,7 +112,9 @@ def length_controlled_win_rate(preferences: Sequence[float | None], model_length
     judged items than folds, C is fixed (``C``). ``gamed`` switches to the v1 formula: a difficulty per item
     (``indices``: the items' positions in the official instruction set) and the gamed baselines' annotations
     added to the training set with weight ``regularize_to_baseline / 2``. The LC win rate is the mean
-    prediction over the items with delta = 0; its standard error is the sem of those predictions."""
+    prediction over the items with delta = 0; its standard error is the sem of those predictions — under
+    ``minimal`` every item has the same prediction (length term 0, constant 1), so that sem is 0 up to rounding
+    (alpaca_eval prints ~1e-16): it is reported as not available (None), not as a number."""
     import numpy as np
 
     n = len(preferences)
@@ -142,11 +152,12 @@ def length_controlled_win_rate(preferences: Sequence[float | None], model_length
     if (y * weight).sum() == 0 or ((1 - y) * weight).sum() == 0:
         # all wins or all losses: one class has no weight and there is nothing to regress (a fit would return
         # its prior, 50 %); the LC win rate is the raw one
-        return LengthControlled(float(np.mean([preferences[i] - 1.0 for i in judged]) * 100), 0.0, glm, float(C))
+        return LengthControlled(float(np.mean([preferences[i] - 1.0 for i in judged]) * 100),
+                                None if gamed is None else 0.0, glm, float(C))
     best_c = _choose_c(x, y, weight, cv_folds) if cv_folds > 1 and len(y) >= cv_folds else C
     model = _fit_soft_logistic(x, y, weight, best_c)
     pred = model.predict_proba(test)[:, 1]
-    se = float(pred.std(ddof=1) / math.sqrt(n) * 100) if n > 1 else None
+    se = float(pred.std(ddof=1) / math.sqrt(n) * 100) if n > 1 and gamed is not None else None
     return LengthControlled(float(pred.mean() * 100), se, glm, float(best_c))
 
 

@@ -5,7 +5,8 @@ output and ``output_2`` = the evaluated model's, in the order of the evaluation 
 model's published annotations — and reports what alpaca_eval's leaderboard reports, computed by this
 project's metrics. A preference of 0 is a draw (1.5) and a missing one is left out, as alpaca_eval does.
 With ``--gamed`` (a local copy of alpaca_eval's ``df_gamed.csv``) the LC formula is ``length_controlled_v1``,
-the leaderboard's; without it, ``minimal``.
+the leaderboard's; without it, ``minimal``, whose LC standard error is not available (null: every item has
+the same predicted value).
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ def score(path: str | Path, gamed: str | Path | None = None, cv_folds: int = 5) 
                                     gamed=GamedAnnotations.load(gamed) if gamed else None)
     return {"win_rate": wr, "standard_error": se, "length_controlled_winrate": lc and lc.win_rate,
             "lc_standard_error": lc and lc.standard_error, "glm": lc and lc.glm,
+            "lc_formula": lc and lc.formula,
             "n_judged": sum(p is not None for p in prefs), "n_total": len(prefs),
             "avg_length": sum(model_len) / max(1, len(model_len))}
 

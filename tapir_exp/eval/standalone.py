@@ -1,5 +1,7 @@
-"""``tapir mode=eval eval.model=<dir>``: evaluate any HF checkpoint (or a run's final student) without
-training, with the same judges, metrics and exports as the per-round evaluation."""
+"""``tapir mode=eval`` / ``tapir-eval``: evaluate any model without training, with the same judges, protocols,
+metrics and exports as the per-round evaluation — an HF checkpoint (``eval.model``, default the run's final
+student), or answers a user already has: alpaca_eval's ``model_outputs.json`` (``eval.model_outputs``) and
+FastChat's answer JSONL (``eval.mt_bench_answers``)."""
 
 from __future__ import annotations
 
@@ -15,15 +17,21 @@ from tapir_exp.llm import build_oracle
 
 
 def evaluate_model(cfg: DictConfig, run_dir: Path, tracker: Any) -> dict[str, Any]:
-    model = cfg.eval.get("model") or (run_dir / "final_student")
-    model_dir = Path(model)
-    if not (model_dir / "config.json").is_file():
-        raise ConfigError("eval.model", f"{model_dir} is not an HF model directory (no config.json); "
-                                        "give eval.model=<path> or run the pipeline first")
+    ev = cfg.eval
+    outputs, answers = ev.get("model_outputs"), ev.get("mt_bench_answers")
+    # a checkpoint is needed for every enabled suite that has no answers file
+    needs_model = (ev.alpaca_eval.enabled and not outputs) or (ev.mt_bench.enabled and not answers)
+    model_dir = None
+    if needs_model or ev.get("model"):
+        model_dir = Path(ev.get("model") or (run_dir / "final_student"))
+        if not (model_dir / "config.json").is_file():
+            raise ConfigError("eval.model", f"{model_dir} is not an HF model directory (no config.json); give "
+                              "eval.model=<path>, eval.model_outputs / eval.mt_bench_answers, or run the pipeline first")
+    name = f"{cfg.name}/{model_dir.name}" if model_dir else str(cfg.name)
     oracle = build_oracle(cfg.oracle, run_dir)
     try:
-        metrics = evaluate_round(cfg, model_dir, oracle, instantiate(cfg.generation), run_dir / "eval", 0,
-                                 f"{cfg.name}/{model_dir.name}")
+        metrics = evaluate_round(cfg, model_dir, oracle, instantiate(cfg.generation) if model_dir else None,
+                                 run_dir / "eval", 0, name, model_outputs=outputs, mt_bench_answers=answers)
     finally:
         oracle.close()
     tracker.log_metrics(metrics, step=0)
