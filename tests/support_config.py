@@ -56,7 +56,8 @@ def composed_every_option() -> list[tuple[str, str, object, dict]]:
 
 # Parameter names that hold a config node, by that node's path ("" = the job config).
 PARAM_ROOTS = {"cfg": "", "data_cfg": "data", "trainer_cfg": "trainer", "tc": "trainer", "student_cfg": "student",
-               "oracle_cfg": "oracle", "cur": "curriculum", "ds": "trainer.deepspeed", "lora": "student.lora"}
+               "oracle_cfg": "oracle", "cur": "curriculum", "ds": "trainer.deepspeed", "lora": "student.lora",
+               "ae_cfg": "eval.alpaca_eval", "mt_cfg": "eval.mt_bench", "lc_cfg": "eval.alpaca_eval.lc"}
 # Where a name means something else in one module (path relative to the package).
 MODULE_ROOTS = {"llm/oracle.py": {"cfg": "oracle"}, "student/train.py": {"trainer_cfg": "trainer"}}
 # Calls that hand their first argument's node on unchanged (a container copy is still the same keys).
