@@ -321,30 +321,39 @@ def _checkpoint_step(path: Path) -> int | None:
 
 def _save_model(module: SFTModule, tok: Any, out_dir: Path, lora: dict | None, trainer: L.Trainer,
                 trainer_cfg: DictConfig) -> None:
-    """The round-end HF directory, written by rank 0 in the training dtype.
+    engine = trainer.strategy.deepspeed_engine if deepspeed_stage(trainer_cfg) is not None else None
+    module._hf_ds = None  # rank 0 may build a plain model next: transformers must not take its ZeRO-3 path
+    write_round_checkpoint(module.model, tok, out_dir, lora, base_dir=module.model_dir,
+                           dtype=export_dtype(trainer_cfg), engine=engine, rank0=trainer.is_global_zero)
 
-    ZeRO-3: DeepSpeed gathers the 16-bit weights (a collective call on every rank) into rank 0's CPU memory and
-    they go straight into ``save_pretrained``: no ZeRO checkpoint with optimizer states, no fp32 consolidation
-    file, no reload of the base model. Otherwise every rank already holds the full weights."""
-    if deepspeed_stage(trainer_cfg) == 3:
-        state = gathered_16bit_state_dict(trainer.strategy.deepspeed_engine)
-        module._hf_ds = None  # rank 0 builds a plain model next: transformers must not take its ZeRO-3 path
-        model = hf_model_from_state(module.model, unwrap_state_dict(state)) if state is not None else None
-    else:
-        model = module.model
-    if not trainer.is_global_zero:
+
+def write_round_checkpoint(model: Any, tok: Any, out_dir: Path, lora: dict | None, *, base_dir: str | Path,
+                           dtype: Any, engine: Any = None, rank0: bool = True) -> None:
+    """The round-end HF directory, written by rank 0 in ``dtype`` (the training dtype).
+
+    ZeRO-3 (``engine`` partitions the weights): DeepSpeed gathers the 16-bit weights (a collective call: every
+    rank must get here) into rank 0's CPU memory and they go straight into ``save_pretrained`` — no ZeRO
+    checkpoint with optimizer states, no fp32 consolidation file, no reload of the base model. Otherwise
+    every rank already holds the full weights in ``model``."""
+    if engine is not None and engine.zero_optimization_partition_weights():
+        from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+        state = gathered_16bit_state_dict(engine)
+        unset_hf_deepspeed_config()  # the plain model built next must not be partitioned again
+        model = hf_model_from_state(model, unwrap_state_dict(state)) if state is not None else None
+    if not rank0:
         return
     out_dir.mkdir(parents=True, exist_ok=True)
-    model = model.to(export_dtype(trainer_cfg))
+    model = model.to(dtype)
     if lora and lora.get("enabled"):
         if lora.get("merge", True):
             model = model.merge_and_unload()
         else:
             model.save_pretrained(out_dir)  # adapter only; the base is the previous round's checkpoint
-            (out_dir / "base_model").symlink_to(Path(module.model_dir).resolve(), target_is_directory=True)
+            (out_dir / "base_model").symlink_to(Path(base_dir).resolve(), target_is_directory=True)
             tok.save_pretrained(out_dir)
             return
-    model.config.dtype = export_dtype(trainer_cfg)  # else transformers records the base checkpoint's dtype
+    model.config.dtype = dtype  # else the config records the base checkpoint's dtype
     model.save_pretrained(out_dir)
     tok.save_pretrained(out_dir)
 
