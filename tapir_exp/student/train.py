@@ -129,7 +129,9 @@ class SFTModule(L.LightningModule):
         out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"],
                          position_ids=batch.get("position_ids"), use_cache=False)
         self.log("train/loss", out.loss.detach(), prog_bar=True, on_step=True, batch_size=batch["input_ids"].shape[0])
-        return {"loss": out.loss, "tokens": int((batch["labels"] != -100).sum())}
+        # the LR this step's update uses (Lightning steps the scheduler before on_train_batch_end runs)
+        lr = float(self.trainer.optimizers[0].param_groups[0]["lr"])
+        return {"loss": out.loss, "tokens": int((batch["labels"] != -100).sum()), "lr": lr}
 
     def on_train_epoch_start(self) -> None:
         self._done_in_epoch = self._resume_done if getattr(self, "_resume_epoch", None) == self.current_epoch else 0
@@ -139,10 +141,9 @@ class SFTModule(L.LightningModule):
         """Called by :class:`Checkpointing` before it may save, so a checkpoint always counts its own batch."""
         self._done_in_epoch += 1
         if self.trainer.is_global_zero and outputs is not None:
-            lr = float(self.trainer.optimizers[0].param_groups[0]["lr"])  # the LR this step's update used
             with open(self.log_path, "a") as fh:
                 fh.write(json.dumps({"step": int(self.trainer.global_step), "loss": float(outputs["loss"]),
-                                     "tokens": int(outputs["tokens"]), "lr": lr}) + "\n")
+                                     "tokens": int(outputs["tokens"]), "lr": outputs["lr"]}) + "\n")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["tapir_progress"] = {"epoch": int(self.current_epoch), "done": int(self._done_in_epoch)}
