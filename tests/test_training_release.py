@@ -95,3 +95,52 @@ def test_world_size_must_match_trainer_devices(monkeypatch, env, devices, nodes,
         with pytest.raises(ConfigError, match="trainer.devices") as e:
             check_world(cfg)
         assert "\n" not in str(e.value)
+
+
+def test_deepspeed_epochs_hold_whole_accumulation_windows():
+    """Under DeepSpeed an epoch's per-rank batches are a multiple of accumulate_grad_batches, so DeepSpeed's
+    own micro-step counter and Lightning's step count (and with it the LR schedule) never drift apart."""
+    lengths = list(range(5, 45))  # 40 examples, batch 4: 10 batches
+    plain = train_mod.WholeAccumulationBatches(lengths, 4, seed=0)
+    cut = train_mod.WholeAccumulationBatches(lengths, 4, seed=0, multiple_of=4)
+    assert len(plain) == len(list(plain)) == 10
+    assert len(cut) == len(list(cut)) == 8
+    assert list(cut) == plain.batches(0)[:8]
+
+
+def test_round_checkpoint_is_written_in_the_training_dtype(tiny, tmp_path):
+    """bf16 training (Lightning's bf16-mixed on the CPU: fp32 weights, bf16 compute) writes a bf16 HF directory,
+    not the base config's dtype; fp32 weights stay fp32 while training (see strategies.param_dtype)."""
+    from safetensors import safe_open
+    from transformers import AutoConfig
+
+    train_mod.train_round(tiny, CONVS[:8], tmp_path / "out", student_cfg=student_cfg(),
+                          trainer_cfg=trainer_cfg(max_epochs=1, precision="bf16-mixed"), work_dir=tmp_path / "w",
+                          seed=0)
+    with safe_open(str(tmp_path / "out" / "model.safetensors"), "pt") as f:
+        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"BF16"}  # noqa: SIM118
+    assert AutoConfig.from_pretrained(tmp_path / "out").dtype == torch.bfloat16
+
+
+def test_gathered_lora_state_rebuilds_a_mergeable_model(tiny):
+    """ZeRO-3 + LoRA: the gathered state of a peft model becomes a plain peft model (meta-built, filled by
+    assignment) whose merged weights equal the trained model's."""
+    from peft import LoraConfig, get_peft_model
+
+    from tapir_exp.student.strategies import hf_model_from_state
+
+    base = load_causal_lm(tiny, torch.bfloat16, "sdpa")
+    peft = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
+    with torch.no_grad():
+        for n, p in peft.named_parameters():
+            if "lora_B" in n:
+                p.normal_()  # a trained adapter (lora_B starts at zero)
+    state = {k: v.clone() for k, v in peft.state_dict().items()}
+    rebuilt = hf_model_from_state(peft, state)
+    want = peft.merge_and_unload().state_dict()
+    got = rebuilt.merge_and_unload().state_dict()
+    assert set(got) == set(want)
+    for k, v in want.items():
+        torch.testing.assert_close(got[k], v, rtol=0, atol=0)
+    with pytest.raises(RuntimeError, match="do not match"):
+        hf_model_from_state(peft, {k: v for k, v in state.items() if "lora_A" not in k})
