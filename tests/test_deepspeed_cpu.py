@@ -13,8 +13,10 @@ is the code the GPU path uses.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
+import weakref
 from pathlib import Path
 
 import pytest
@@ -40,12 +42,23 @@ def _worker(rank: int, world: int, port: int, tc: dict, ds_cfg: dict, init_dir: 
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port), DS_ACCELERATOR="cpu")
     import deepspeed as ds
+
+    ds.init_distributed(dist_backend="gloo")
+    refs = _train_and_export(rank, world, tc, ds_cfg, init_dir, out)
+    gc.collect()
+    alive = sorted(name for name, ref in refs.items() if ref() is not None)
+    (Path(out) / f"alive{rank}.json").write_text(json.dumps(alive))
+    ds.comm.barrier()
+
+
+def _train_and_export(rank: int, world: int, tc: dict, ds_cfg: dict, init_dir: str, out: str) -> dict:
+    import deepspeed as ds
     from transformers import AutoTokenizer
 
     from tapir_exp.student.models import preload_model_class
+    from tapir_exp.student.strategies import release_engine
     from tapir_exp.student.train import build_student_model, write_round_checkpoint
 
-    ds.init_distributed(dist_backend="gloo")
     torch.manual_seed(0)
     trainer_cfg = OmegaConf.create(tc)
     zero3 = ds_cfg["zero_optimization"]["stage"] == 3
@@ -88,7 +101,10 @@ def _worker(rank: int, world: int, port: int, tc: dict, ds_cfg: dict, init_dir: 
         (Path(out) / "losses.json").write_text(json.dumps(losses))
         (Path(out) / "optimizer.txt").write_text(type(optimizer).__name__)
     ds.comm.barrier()
-    del keep
+    refs = {"engine": weakref.ref(engine), "module": weakref.ref(module), "optimizer": weakref.ref(optimizer),
+            "model": weakref.ref(model)}
+    release_engine(engine)  # what train_round does before it returns: nothing of the engine may survive
+    return refs
 
 
 @pytest.fixture(scope="module")
@@ -131,6 +147,8 @@ def test_zero_shards_train_and_export_bf16_hf_weights(option, tiny, tmp_path):
     shards = sorted(p.name for p in (tmp_path / "last.ckpt/checkpoint").iterdir())
     assert sum("optim_states" in s for s in shards) == 2  # optimizer states really sharded over both ranks
     assert _checkpoint_step(tmp_path / "last.ckpt") == STEPS  # a resume continues at the saved step
+    for rank in (0, 1):  # the destroyed engine, its module, model and optimizer were all freed
+        assert json.loads((tmp_path / f"alive{rank}.json").read_text()) == []
 
     # the HF directory: bf16 on disk, the engine's trained weights exactly, and plain transformers loads it
     with safe_open(str(tmp_path / "hf" / "model.safetensors"), "pt") as f:

@@ -35,6 +35,7 @@ from tapir_exp.student.strategies import (
     hf_model_from_state,
     hf_zero3_config,
     param_dtype,
+    release_engine,
     unwrap_state_dict,
 )
 
@@ -365,7 +366,7 @@ def _release(trainer: L.Trainer, module: SFTModule) -> None:
     strategy = trainer.strategy
     engine = getattr(strategy, "model", None)
     if engine is not None and hasattr(engine, "destroy"):  # DeepSpeedEngine
-        engine.destroy()
+        release_engine(engine)
     strategy.model = None
     strategy.optimizers = []
     strategy.lr_scheduler_configs = []
