@@ -152,7 +152,8 @@ def hf_model_from_state(trained: Any, state: dict[str, Any]) -> Any:
             model = get_peft_model(model, peft_config["default"])
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     model.tie_weights()
-    missing = [k for k in missing if model.get_parameter(k).is_meta]  # tied weights are filled by tie_weights
+    params = dict(model.named_parameters(remove_duplicate=False))
+    missing = [k for k in missing if k not in params or params[k].is_meta]  # tie_weights filled the tied ones
     if missing or unexpected:
         raise RuntimeError(f"gathered weights do not match the model (missing {missing[:5]}, unexpected {unexpected[:5]})")
     return model
