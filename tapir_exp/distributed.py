@@ -12,6 +12,9 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Any
+
+from tapir_exp.errors import ConfigError
 
 LEADER_FAILED = "leader_failed.json"
 
@@ -22,6 +25,32 @@ def launch_rank() -> tuple[int, int]:
         if rank_var in os.environ and world_var in os.environ:
             return int(os.environ[rank_var]), int(os.environ[world_var])
     return 0, 1
+
+
+def check_world(trainer_cfg: Any) -> None:
+    """Refuse to start a job launched with a number of processes that is not ``trainer.devices`` x
+    ``trainer.num_nodes``: Lightning would only notice at the first training, after round 0's oracle work."""
+    _, world = launch_rank()
+    if world == 1:  # one process: Lightning launches the others itself (or trains on one device)
+        return
+    devices, nodes = trainer_cfg.get("devices", 1), int(trainer_cfg.get("num_nodes", 1) or 1)
+    if isinstance(devices, str) and "," in devices:
+        per_node = len([d for d in devices.split(",") if d.strip()])
+    elif not isinstance(devices, (int, str)):  # a list of device ids
+        per_node = len(list(devices))
+    elif str(devices) in ("-1", "auto"):
+        import torch
+
+        per_node = torch.cuda.device_count()
+        if per_node == 0:  # cannot tell here; Lightning checks once it sees the devices
+            return
+    else:
+        per_node = int(devices)
+    if per_node * nodes != world:
+        source = "SLURM_NTASKS" if "SLURM_NTASKS" in os.environ else "WORLD_SIZE"
+        raise ConfigError("trainer.devices", f"this job runs {world} processes ({source}={world}) but "
+                          f"trainer.devices={devices} x trainer.num_nodes={nodes} = {per_node * nodes}; launch one "
+                          "task per device or set trainer.devices / trainer.num_nodes to match")
 
 
 def job_id() -> str:

@@ -172,7 +172,7 @@ class Pipeline:
             summary_holder["train"] = t
             return {"steps": t.steps, "tokens": t.tokens, "first_loss": t.first_loss, "final_loss": t.final_loss,
                     "losses": [round(x, 4) for x in t.losses], "padding_efficiency": t.padding_efficiency,
-                    "resumed_from": t.resumed_from}
+                    "resumed_from": t.resumed_from, **t.effective_batch}
 
         trained = self.store.run_dir_step(
             "student", r, {"student": to_container(self.cfg.student), "trainer": to_container(self.cfg.trainer),
@@ -182,7 +182,8 @@ class Pipeline:
             shutil.rmtree(work_dir, ignore_errors=True)  # mid-round checkpoints are no longer needed
         self._note(r, "student", trained)
         counts = trained.entry.counts
-        self.summary.update(r, train={k: counts.get(k) for k in ("first_loss", "final_loss", "losses", "steps", "tokens")})
+        self.summary.update(r, train={k: counts.get(k) for k in ("first_loss", "final_loss", "losses", "steps", "tokens", "world_size",
+                                                               "examples_per_step", "tokens_per_step")})
         if not trained.reused and counts.get("losses"):
             self.tracker.log_series(f"train/loss_round_{r}", counts["losses"], step=r)
         return trained.path

@@ -102,6 +102,9 @@ def print_round(rec: dict[str, Any]) -> None:
     tr = rec.get("train") or {}
     if tr:
         t.add_row("train loss", f"{_fmt(tr.get('first_loss'))} -> {_fmt(tr.get('final_loss'))} ({tr.get('steps')} steps)")
+        if tr.get("examples_per_step") is not None:  # effective batch, to compare with a paper's
+            t.add_row("batch / step", f"{tr['examples_per_step']} examples, {tr.get('tokens_per_step')} tokens "
+                                      f"over {tr.get('world_size')} processes")
     ev = rec.get("eval") or {}
     if ev:
         shown = {k: v for k, v in ev.items()

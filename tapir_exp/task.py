@@ -40,8 +40,10 @@ def run(cfg: DictConfig) -> dict[str, Any] | None:
         from tapir_exp.pipeline import plan
 
         return plan(cfg)
-    from tapir_exp.distributed import clear_leader_failed, launch_rank, mark_leader_failed
+    from tapir_exp.distributed import check_world, clear_leader_failed, launch_rank, mark_leader_failed
     from tapir_exp.tracking import NullTracker
+
+    check_world(cfg.trainer)  # a job launched with the wrong number of tasks stops here, not at round 0's training
 
     leader = launch_rank()[0] == 0
     if leader:

@@ -56,7 +56,7 @@ def test_two_rank_job_has_one_leader_and_trains_as_one_ddp_world(tmp_path):
 @pytest.mark.slow
 def test_follower_stops_when_the_leader_fails(tmp_path):
     with FakeOpenAIServer(fault_when=lambda body: "500") as srv:  # every oracle call fails
-        args = fast_overrides(srv.base_url) + ["oracle.limits.max_retries=0"]
+        args = fast_overrides(srv.base_url) + ["oracle.limits.max_retries=0", "trainer.devices=2"]
         port = free_port()
         follower = _launch(args, tmp_path, 1, 2, port)
         leader = _launch(args, tmp_path, 0, 2, port)

@@ -179,13 +179,22 @@ def test_interrupted_training_resumes_exactly(tiny, tmp_path, sig):
 
 @pytest.mark.slow
 def test_ddp_two_cpu_processes_train_and_hand_back_weights(tiny, tmp_path):
-    """Two ranks (gloo) split the batches: half the optimizer steps of one process, same data."""
+    """Two ranks (gloo) split the batches: half the optimizer steps of one process, same data; the LR schedule
+    counts those real steps (warm-up over its fraction of them, the last step at the end value)."""
     out = tmp_path / "out"
     t = train_round(tiny, CONVS, out, student_cfg=student_cfg(),
-                    trainer_cfg=trainer_cfg(strategy="ddp_spawn", devices=2, max_epochs=2),
+                    trainer_cfg=trainer_cfg(strategy="ddp_spawn", devices=2, max_epochs=2, warmup_ratio=0.5,
+                                            min_lr_ratio=0.1),
                     work_dir=tmp_path / "work", seed=0)
     assert t.steps == 2 * 3  # 24 examples / batch 4 = 6 batches per epoch, 3 per rank
     assert len(t.losses) == t.steps
+    lr = 3e-3
+    assert len(t.lrs) == t.steps
+    warm = int(t.steps * 0.5)  # 3 steps below the peak, then the peak (a schedule sized for 12 steps: all 6 below)
+    assert all(x < lr for x in t.lrs[:warm]) and t.lrs[warm] == pytest.approx(lr)
+    assert t.lrs[-1] == pytest.approx(0.1 * lr)  # the schedule's end value on the last step
+    assert t.effective_batch == {"world_size": 2, "rows_per_step": 8, "optimizer_steps_per_epoch": 3,
+                                 "examples_per_step": 8.0, "tokens_per_step": t.effective_batch["tokens_per_step"]}
     from transformers import AutoModelForCausalLM
 
     trained = AutoModelForCausalLM.from_pretrained(out)

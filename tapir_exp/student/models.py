@@ -18,11 +18,25 @@ from tapir_exp.errors import ConfigError
 # ChatML: the tiny student's template (and SmolLM2's own).
 CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
           "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
-# LLaMA-2 chat format: [INST] user [/INST] answer </s>, with an optional <<SYS>> block.
-LLAMA2 = ("{{ bos_token }}{% for m in messages %}{% if m['role'] == 'system' %}{% set sys = m['content'] %}"
-          "{% elif m['role'] == 'user' %}[INST] {% if sys is defined and loop.index0 == 1 %}<<SYS>>\n{{ sys }}\n"
-          "<</SYS>>\n\n{% endif %}{{ m['content'] }} [/INST]{% elif m['role'] == 'assistant' %} {{ m['content'] }} "
-          "{{ eos_token }}{% endif %}{% endfor %}")
+# LLaMA-2 chat format, as Meta's reference ``chat_completion`` (llama/generation.py) builds it: an optional system
+# message goes into the first user turn as "<<SYS>>\n{system}\n<</SYS>>\n\n" and that turn's content is stripped;
+# every user/assistant pair is "<s>[INST] {user} [/INST] {answer} </s>", the open turn "<s>[INST] {user} [/INST]".
+# Roles must alternate user/assistant after the optional system message (the reference asserts the same).
+LLAMA2 = (
+    "{%- if messages and messages[0]['role'] == 'system' -%}"
+    "{%- set system = messages[0]['content'] -%}{%- set turns = messages[1:] -%}"
+    "{%- else -%}{%- set system = none -%}{%- set turns = messages -%}{%- endif -%}"
+    "{%- for m in turns -%}"
+    "{%- if (m['role'] == 'user') != (loop.index0 % 2 == 0) -%}"
+    "{{ raise_exception('LLaMA-2 chat: after an optional system message, roles must alternate user/assistant') }}"
+    "{%- endif -%}"
+    "{%- if m['role'] == 'user' -%}"
+    "{%- set content = m['content'] -%}"
+    "{%- if loop.first and system is not none -%}"
+    "{%- set content = '<<SYS>>\n' + system + '\n<</SYS>>\n\n' + content -%}{%- endif -%}"
+    "{{ bos_token + '[INST] ' + content.strip() + ' [/INST]' }}"
+    "{%- else -%}{{ ' ' + m['content'].strip() + ' ' + eos_token }}{%- endif -%}"
+    "{%- endfor -%}")
 TEMPLATES = {"chatml": CHATML, "llama2": LLAMA2}
 
 
@@ -131,3 +145,38 @@ def _retemplate(out_dir: str | Path, chat_template: str | None) -> None:
         if p.exists():
             p.unlink()
     tok.save_pretrained(out_dir)
+
+
+ATTENTION = ("sdpa", "flash_attention_2", "eager")
+
+
+def load_causal_lm(model_dir: str | Path, dtype: Any, attn_implementation: str = "sdpa") -> Any:
+    """The student's HF model in ``dtype`` with the configured attention kernel.
+
+    ``flash_attention_2`` needs the ``flash-attn`` package (CUDA only); asking for it without the package is a
+    one-line config error instead of transformers' long import error deep inside the training setup."""
+    from transformers import AutoModelForCausalLM
+
+    if attn_implementation not in ATTENTION:
+        raise ConfigError("student.attn_implementation", f"expected one of {list(ATTENTION)}, got {attn_implementation!r}")
+    if attn_implementation == "flash_attention_2":
+        import importlib.util
+
+        if importlib.util.find_spec("flash_attn") is None:
+            raise ConfigError("student.attn_implementation",
+                              "flash_attention_2 needs the flash-attn package (CUDA GPUs; pip install flash-attn); "
+                              "use sdpa where it is not installed")
+    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, attn_implementation=attn_implementation)
+
+
+def preload_model_class(model_dir: str | Path) -> None:
+    """Import the model's modelling code (and torch._dynamo, which transformers imports lazily) now.
+
+    Under ZeRO-3 the model is built inside ``deepspeed.zero.Init``, which patches ``torch.Tensor.__new__``;
+    torch._dynamo imported for the first time inside that context rejects the patched signature
+    ("Signature mismatch ... tensor_pynew"), so the imports must happen before it (reproduced on CPU)."""
+    import torch._dynamo  # noqa: F401
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    MODEL_FOR_CAUSAL_LM_MAPPING[type(AutoConfig.from_pretrained(model_dir))]

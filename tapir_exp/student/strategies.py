@@ -3,7 +3,6 @@ processes under SLURM/torchrun) and DeepSpeed ZeRO-2/3 with optional CPU offload
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -73,20 +72,105 @@ def build_optimizer(params: list[Any], tc: dict[str, Any]) -> Any:
     return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
 
 
-def hf_model_from_zero_checkpoint(checkpoint_dir: str | Path, base_model_dir: str | Path, work_dir: str | Path) -> Any:
-    """Consolidate a (sharded) ZeRO-2/3 checkpoint directory into fp32 weights and load them into the HF model
-    of ``base_model_dir``. Parameter names carry the wrappers' prefixes (Lightning's ``_forward_module.``, our
-    module's ``model.``); every model weight must be found, so a silent partial load cannot happen."""
-    from lightning.pytorch.utilities.deepspeed import convert_zero_checkpoint_to_fp32_state_dict
+def param_dtype(trainer_cfg: DictConfig) -> Any:
+    """The dtype the student is loaded and trained in.
+
+    DeepSpeed with bf16/fp16: 16-bit weights (its engine casts the module to 16 bit anyway and keeps fp32 master
+    weights inside its optimizer), so loading them in 16 bit halves host memory at no cost. Lightning's
+    ``*-true`` precisions train in that dtype. ``*-mixed`` keeps fp32 weights on purpose: autocast computes in
+    16 bit, while AdamW steps of lr 2e-5 are below bf16's resolution for typical weights and would be lost."""
+    import torch
+
+    precision = str(trainer_cfg.precision)
+    sixteen = torch.bfloat16 if precision.startswith("bf16") else torch.float16
+    if precision.startswith(("bf16", "16")) and (str(trainer_cfg.strategy) == "deepspeed" or
+                                                 precision.endswith("-true")):
+        return sixteen
+    return torch.float32
+
+
+def export_dtype(trainer_cfg: DictConfig) -> Any:
+    """The dtype of the round-end HF checkpoint: the one the forward pass ran in (bf16 for the GPU presets)."""
+    import torch
+
+    precision = str(trainer_cfg.precision)
+    if precision.startswith("bf16"):
+        return torch.bfloat16
+    if precision.startswith("16"):
+        return torch.float16
+    return torch.float32
+
+
+def hf_zero3_config(ds_config: dict[str, Any]) -> Any:
+    """transformers' ``HfDeepSpeedConfig`` for a ZeRO-3 config. While the returned object is alive (transformers
+    keeps only a weak reference), ``from_pretrained`` takes its ZeRO-3 path: the model is built inside
+    ``zero.Init`` and the checkpoint is loaded into the partitioned parameters one gathered layer at a time,
+    instead of copying full tensors into parameters that ``zero.Init`` already shrank to shape [0]."""
+    from transformers.integrations import HfDeepSpeedConfig
+
+    return HfDeepSpeedConfig(ds_config)
+
+
+def gathered_16bit_state_dict(engine: Any) -> dict[str, Any] | None:
+    """The engine's full weights in its training dtype, on rank 0 (``None`` on the others); a collective call.
+
+    ZeRO-3: DeepSpeed's consolidation gathers one layer at a time into CPU memory of rank 0 (what its
+    ``save_16bit_model`` uses). ZeRO-2/1: every rank holds the full 16-bit module; rank 0 reads it."""
+    import torch.distributed as dist
+
+    if engine.zero_optimization_partition_weights():
+        if not engine.zero_gather_16bit_weights_on_model_save():
+            raise ConfigError("trainer.deepspeed.stage3_gather_16bit_weights_on_model_save",
+                              "must be true: the round-end checkpoint is built from the gathered 16-bit weights")
+        return engine._zero3_consolidated_16bit_state_dict()
+    rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    return {k: v.detach().cpu() for k, v in engine.module_state_dict().items()} if rank == 0 else None
+
+
+def unwrap_state_dict(state: dict[str, Any], prefix: str = "model.") -> dict[str, Any]:
+    """Keys of our LightningModule's state (``model.`` + the HF model's keys) as the HF model names them."""
+    return {k.removeprefix("_forward_module.").removeprefix(prefix): v for k, v in state.items()}
+
+
+def hf_model_from_state(trained: Any, state: dict[str, Any]) -> Any:
+    """A plain (unpartitioned) HF model — or peft model — shaped like ``trained`` holding the gathered ``state``.
+
+    Built on the meta device and filled by assignment, so no second copy of the weights is allocated and no
+    checkpoint is read again; every weight must be found (tied ones excepted), so a partial load cannot pass. For
+    saving only: non-persistent buffers (rotary frequencies) stay on the meta device and are not saved anyway."""
+    import torch
     from transformers import AutoModelForCausalLM
 
-    state = convert_zero_checkpoint_to_fp32_state_dict(checkpoint_dir, Path(work_dir) / "final_fp32.pt")
-    weights = {k.removeprefix("_forward_module.").removeprefix("model."): v for k, v in state["state_dict"].items()}
-    model = AutoModelForCausalLM.from_pretrained(base_model_dir)
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    tied = set(getattr(model, "_tied_weights_keys", None) or [])
-    missing = [k for k in missing if k not in tied]
+    peft_config = getattr(trained, "peft_config", None)
+    config = trained.get_base_model().config if peft_config else trained.config
+    dtype = next(iter(v for v in state.values() if v.is_floating_point())).dtype
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        if peft_config:
+            from peft import get_peft_model
+
+            model = get_peft_model(model, peft_config["default"])
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    model.tie_weights()
+    params = dict(model.named_parameters(remove_duplicate=False))
+    missing = [k for k in missing if k not in params or params[k].is_meta]  # tie_weights filled the tied ones
     if missing or unexpected:
-        raise RuntimeError(f"{checkpoint_dir}: ZeRO checkpoint does not match the model "
-                           f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
+        raise RuntimeError(f"gathered weights do not match the model (missing {missing[:5]}, unexpected {unexpected[:5]})")
     return model
+
+
+def release_engine(engine: Any) -> None:
+    """Destroy a DeepSpeed engine so that it, its module and its optimizer can be freed.
+
+    ``DeepSpeedEngine.destroy`` removes ZeRO-3's parameter hooks but leaves the engine's top module on
+    DeepSpeed's module-level ``FWD_MODULE_STACK`` (``deepspeed/runtime/zero/parameter_offload.py``:
+    ``setup_zero_stage3_hooks`` appends it, nothing removes it), and through the engine's forward hooks on that
+    module the whole engine — partitioned weights, optimizer states — stays reachable for the life of the
+    process (found on DeepSpeed 0.19.8; tests/test_deepspeed_cpu.py checks it with a weak reference)."""
+    engine.destroy()
+    try:
+        from deepspeed.runtime.zero import parameter_offload
+    except ImportError:
+        return
+    ours = {id(m) for m in engine.module.modules()}
+    parameter_offload.FWD_MODULE_STACK[:] = [m for m in parameter_offload.FWD_MODULE_STACK if id(m) not in ours]
