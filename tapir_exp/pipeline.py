@@ -334,13 +334,7 @@ class Pipeline:
     # ------------------------------------------------------------------ bookkeeping
     def _hash_of(self, path: Path) -> str:
         """The recorded hash of an artifact this run produced (no re-hashing of multi-GB checkpoints)."""
-        rel = str(Path(path).relative_to(self.store.root)) if Path(path).is_relative_to(self.store.root) else None
-        for e in self.store.entries.values():
-            if e.artifact == rel:
-                return e.artifact_hash
-        from tapir_exp.store import file_hash
-
-        return file_hash(path)
+        return self.store.hash_of(path)
 
     def _note(self, r: int, step: str, result: StepResult) -> None:
         self.summary.add_seconds(r, step, result.entry.seconds)
