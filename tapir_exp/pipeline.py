@@ -172,7 +172,7 @@ class Pipeline:
             summary_holder["train"] = t
             return {"steps": t.steps, "tokens": t.tokens, "first_loss": t.first_loss, "final_loss": t.final_loss,
                     "losses": [round(x, 4) for x in t.losses], "padding_efficiency": t.padding_efficiency,
-                    "resumed_from": t.resumed_from}
+                    "resumed_from": t.resumed_from, **t.data}
 
         trained = self.store.run_dir_step(
             "student", r, {"student": to_container(self.cfg.student), "trainer": to_container(self.cfg.trainer),
@@ -182,7 +182,8 @@ class Pipeline:
             shutil.rmtree(work_dir, ignore_errors=True)  # mid-round checkpoints are no longer needed
         self._note(r, "student", trained)
         counts = trained.entry.counts
-        self.summary.update(r, train={k: counts.get(k) for k in ("first_loss", "final_loss", "losses", "steps", "tokens")})
+        self.summary.update(r, train={k: counts.get(k) for k in ("first_loss", "final_loss", "losses", "steps", "tokens",
+                                                                 "answer_tail_cut", "dropped_prompt_too_long")})
         if not trained.reused and counts.get("losses"):
             self.tracker.log_series(f"train/loss_round_{r}", counts["losses"], step=r)
         return trained.path
@@ -295,7 +296,8 @@ class Pipeline:
             task_mix_after=mixed.entry.counts.get("task_mix_after"), mfd=[round(x, 3) for x in mfds],
             hard_by_task=dict(by_task_hard), judged_by_task=dict(judged_by_task),
             mfd_hard_by_task=dict(mfd_hard_by_task), mean_mfd=round(sum(mfds) / len(mfds), 4) if mfds else None,
-            refined=dataset.entry.counts.get("refined", 0))
+            refined=dataset.entry.counts.get("refined", 0),
+            student_prompts_shortened=answers.entry.counts.get("prompts_shortened", 0))
         self._log_round_data(r, judged.records, dataset)
 
         new_student = self.train(r, student_dir, dataset)

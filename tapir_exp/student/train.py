@@ -44,6 +44,7 @@ class TrainSummary:
     losses: list[float] = field(default_factory=list)
     padding_efficiency: float = 1.0
     resumed_from: int | None = None
+    data: dict[str, int] = field(default_factory=dict)  # encode()'s counts: answers cut, examples dropped
 
 
 class SFTModule(L.LightningModule):
@@ -162,7 +163,8 @@ def train_round(init_dir: str | Path, conversations: list[list[dict[str, str]]],
     work_dir.mkdir(parents=True, exist_ok=True)
     tok = AutoTokenizer.from_pretrained(init_dir)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    examples = encode(tok, conversations, int(student_cfg.max_length))
+    data_counts: dict[str, int] = {}
+    examples = encode(tok, conversations, int(student_cfg.max_length), data_counts)
     if not examples:
         raise ValueError("no training example left after tokenisation (all answers empty or cut off)")
     tc = OmegaConf.to_container(trainer_cfg, resolve=True)
@@ -214,7 +216,8 @@ def train_round(init_dir: str | Path, conversations: list[list[dict[str, str]]],
     steps = max(int(trainer.global_step), int(rows[-1]["step"]) if rows else 0)
     return TrainSummary(steps=steps, tokens=sum(r["tokens"] for r in rows),
                         first_loss=losses[0] if losses else None, final_loss=losses[-1] if losses else None,
-                        losses=losses, padding_efficiency=module.sampler.padding_efficiency(), resumed_from=resumed_from)
+                        losses=losses, padding_efficiency=module.sampler.padding_efficiency(), resumed_from=resumed_from,
+                        data=data_counts)
 
 
 def _checkpoint_step(path: Path) -> int | None:
