@@ -67,3 +67,16 @@ def test_empty_file_says_it_is_empty(tmp_path, name, body, what):
     if name.endswith(".json"):
         with pytest.raises(DataError, match="the file is empty"):
             list(iter_json_array(path))
+
+
+def test_to_dict_is_a_full_independent_copy():
+    import dataclasses
+
+    from tapir_exp.records import Example
+
+    ex = Example(id="a", instruction="i", input="x", output="o", task="Math", source="expanded",
+                 meta={"judge": {"orders": {"ts": [1, 2]}}, "hard": True})
+    d = ex.to_dict()
+    assert d == dataclasses.asdict(ex)  # every field, same values
+    d["meta"]["judge"]["orders"]["ts"].append(3)
+    assert ex.meta["judge"]["orders"]["ts"] == [1, 2]
