@@ -131,3 +131,39 @@ def test_training_keeps_the_prompt_cuts_the_answer_tail_and_drops_prompts_too_lo
     assert len(cut["input_ids"]) == 256 and cut["input_ids"][:len(p_ids)] == p_ids  # the whole prompt is kept
     assert cut["labels"][:len(p_ids)] == [IGNORE] * len(p_ids) and IGNORE not in cut["labels"][len(p_ids):]
     assert tok.decode(cut["input_ids"][len(p_ids):]).startswith("ANS")  # the answer's head, not its tail
+
+
+def test_mfd_judge_over_the_local_backend_keeps_both_answers_of_a_long_item(tiny, tmp_path):
+    """The MFD step itself: instruction and both answers of 20,000 tokens each, log-probability scoring
+    with the `[[` prefill, through the oracle client and the local backend."""
+    from tapir_exp.llm.oracle import Oracle
+    from tapir_exp.records import Example
+    from tapir_exp.steps.judge import judge_mfd
+
+    path, tok = tiny
+    backend = {"_target_": "tapir_exp.llm.local.LocalBackend", "model": str(path), "max_input_tokens": 1500}
+    oracle = Oracle({"backends": {"local": backend},
+                     "roles": {"judge": {"backend": "local", "max_tokens": 4, "temperature": 0.0}},
+                     "limits": {"concurrency": 1, "timeout_s": 300, "max_retries": 0, "parse_retries": 0},
+                     "cache": {"enabled": False}, "progress": False}, run_dir=tmp_path)
+    ex = Example(id="long", instruction=long_text(tok, 20_000, 8, "I0", "I1"),
+                 output=long_text(tok, 20_000, 9, "T0", "T1"), meta={"student": long_text(tok, 20_000, 10, "S0", "S1")})
+    sent = []
+    local = oracle.backend_for("judge")
+    fit = local.fit
+    local.fit = lambda req: sent.append(fit(req)) or sent[-1]  # observe the prompts the model is given
+    try:
+        judged, counts = judge_mfd([ex], oracle, delta=0.0, both_orders=True, scoring="logprob", fmt="single",
+                                   step="mfd", round=1)
+        usage = oracle.usage.summary()
+    finally:
+        oracle.close()
+    # every request was answered (a random-init model's rating itself is noise, so it may not parse)
+    assert len(sent) == 4 and usage["total"]["requests"] == 4 and usage["total"]["failures"] == 0
+    assert set(judged[0].meta["judge"]["orders"]) == {"ts", "st"} and counts["unjudged"] in (0, 1)
+    for f in sent:
+        assert f.n_tokens <= 1500 and f.text.endswith("for example [[6]].<|im_end|>\n<|im_start|>assistant\n[[")
+        assert all(s in f.text for s in ("[Instruction]\nI0", "I1\n\n[Assistant 1]\n", "\n\n[Assistant 2]\n",
+                                         "T0", "T1", "S0", "S1"))
+        assert len(MARKED.findall(f.text)) == 3
+    assert usage["by_step"]["mfd"]["shortened"] == 4
