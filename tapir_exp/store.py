@@ -372,11 +372,12 @@ def verify_run(run_dir: str | os.PathLike, forget: bool = False) -> VerifyReport
     """The full check: re-hash every committed artifact and name each file whose content, presence or
     count differs from the commit (including edits that kept size and mtime, which the fingerprint cannot
     see). ``forget``: drop the entries of changed artifacts from the manifest, so the next run recomputes
-    those steps (and, through their signatures, every step downstream)."""
+    those steps (and, through their signatures, every step downstream); use it while no run writes there."""
     root = Path(run_dir)
     if not (root / RunStore.MANIFEST).is_file():
         raise TapirError(f"{root}: no {RunStore.MANIFEST} here (expected a tapir run directory)")
-    store = RunStore(root)
+    # Opened as a follower would: it never deletes the temporaries of a run writing there right now.
+    store = RunStore(root, rank=1)
     report = VerifyReport()
     for key, e in sorted(store.entries.items(), key=lambda kv: (kv[1].round, kv[1].finished_at)):
         report.artifacts += 1
