@@ -57,7 +57,9 @@ def checkpoint_source(root: Path) -> Path:
 def test_rerun_reuses_every_step_reading_no_checkpoint_and_verify_catches_tampering(tmp_path):
     src = checkpoint_source(tmp_path)
     with FakeOpenAIServer(responder=responder) as server:
+        # contexts short enough that long demo items are shortened / cut: the summary must show it
         args = [*fast_overrides(server.base_url), "curriculum.rounds=1", "eval.mt_bench.enabled=false",
+                "generation.max_input_tokens=96", "student.max_length=128",
                 "~student.init", f"+student.init={{_target_: tapir_exp.student.models.PretrainedInit, "
                                  f"name_or_path: '{src}', dtype: float32}}"]
         first = run_tapir(args, tmp_path, timeout=900)
@@ -80,6 +82,13 @@ def test_rerun_reuses_every_step_reading_no_checkpoint_and_verify_catches_tamper
     assert (run_dir / "manifest.json").read_text() == manifest
     steps = {f"{e['round']}/{e['step']}" for e in json.loads(manifest)["steps"]}
     assert {"0/init", "0/student", "1/student_answers", "1/mfd", "1/student", "1/eval"} <= steps
+
+    # nothing cut silently: the run summary counts shortened prompts and cut/dropped training examples
+    rounds = {r["round"]: r for r in json.loads((run_dir / "summary.json").read_text())["rounds"]}
+    assert rounds[1]["student_prompts_shortened"] > 0
+    assert rounds[0]["train"]["answer_tail_cut"] > 0 and rounds[0]["train"]["dropped_prompt_too_long"] >= 0
+    usage = json.loads((run_dir / "oracle_usage.json").read_text())
+    assert usage["total"]["shortened"] == 0  # an HTTP oracle: the server owns its context
 
     bulk = run_dir / "round_0" / "student_init" / BULK
     st = bulk.stat()
