@@ -75,6 +75,7 @@ def verify_main(argv: list[str] | None = None) -> None:
     """``tapir-verify <run dir> [--forget]``: the full check that resumes skip (they compare file stats only).
     Exit 0 when every artifact matches its commit, 1 when one changed, 2 on a usage error."""
     import argparse
+    from pathlib import Path
 
     from tapir_exp.store import verify_run
 
