@@ -4,6 +4,7 @@
 ``tapir-eval``    evaluate a checkpoint or served model (same config tree, ``mode=eval``)
 ``tapir-report``  compare run/sweep directories (tables + plots), offline
 ``tapir-winrate`` win rate and LC win rate of an alpaca_eval annotations file
+``tapir-verify``  re-hash every artifact of a run directory; report any changed behind the store's back
 """
 
 from __future__ import annotations
@@ -87,6 +88,32 @@ def winrate_main(argv: list[str] | None = None) -> None:
         winrate(argv)
     except TapirError as err:
         _fail(err)
+
+
+def verify_main(argv: list[str] | None = None) -> None:
+    """``tapir-verify <run dir> [--forget]``: the full check that resumes skip (they compare file stats only).
+    Exit 0 when every artifact matches its commit, 1 when one changed, 2 on a usage error."""
+    import argparse
+    from pathlib import Path
+
+    from tapir_exp.store import verify_run
+
+    ap = argparse.ArgumentParser(prog="tapir-verify", description=verify_main.__doc__)
+    ap.add_argument("run_dir", type=Path)
+    ap.add_argument("--forget", action="store_true",
+                    help="drop changed artifacts from the manifest, so the next run recomputes those steps")
+    args = ap.parse_args(argv)
+    try:
+        report = verify_run(args.run_dir, forget=args.forget)
+    except TapirError as err:
+        _fail(err)
+    for line in report.problems:
+        print(f"tapir-verify: {line}")
+    state = "all match their commit" if report.ok else f"{len(report.changed_steps)} step(s) changed"
+    print(f"tapir-verify: {args.run_dir}: {report.artifacts} artifacts, {report.files} files, "
+          f"{report.bytes_read / 1e9:.2f} GB re-hashed: {state}"
+          + (" (forgotten: the next run recomputes them)" if args.forget and not report.ok else ""))
+    sys.exit(0 if report.ok else 1)
 
 
 if __name__ == "__main__":

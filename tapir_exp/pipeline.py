@@ -172,7 +172,7 @@ class Pipeline:
             summary_holder["train"] = t
             return {"steps": t.steps, "tokens": t.tokens, "first_loss": t.first_loss, "final_loss": t.final_loss,
                     "losses": [round(x, 4) for x in t.losses], "padding_efficiency": t.padding_efficiency,
-                    "resumed_from": t.resumed_from, **t.effective_batch}
+                    "resumed_from": t.resumed_from, **t.effective_batch, **t.data}
 
         trained = self.store.run_dir_step(
             "student", r, {"student": to_container(self.cfg.student), "trainer": to_container(self.cfg.trainer),
@@ -183,7 +183,8 @@ class Pipeline:
         self._note(r, "student", trained)
         counts = trained.entry.counts
         self.summary.update(r, train={k: counts.get(k) for k in ("first_loss", "final_loss", "losses", "steps", "tokens", "world_size",
-                                                               "examples_per_step", "tokens_per_step")})
+                                                               "examples_per_step", "tokens_per_step",
+                                                               "answer_tail_cut", "dropped_prompt_too_long")})
         if not trained.reused and counts.get("losses"):
             self.tracker.log_series(f"train/loss_round_{r}", counts["losses"], step=r)
         return trained.path
@@ -296,7 +297,8 @@ class Pipeline:
             task_mix_after=mixed.entry.counts.get("task_mix_after"), mfd=[round(x, 3) for x in mfds],
             hard_by_task=dict(by_task_hard), judged_by_task=dict(judged_by_task),
             mfd_hard_by_task=dict(mfd_hard_by_task), mean_mfd=round(sum(mfds) / len(mfds), 4) if mfds else None,
-            refined=dataset.entry.counts.get("refined", 0))
+            refined=dataset.entry.counts.get("refined", 0),
+            student_prompts_shortened=answers.entry.counts.get("prompts_shortened", 0))
         self._log_round_data(r, judged.records, dataset)
 
         new_student = self.train(r, student_dir, dataset)
@@ -335,13 +337,7 @@ class Pipeline:
     # ------------------------------------------------------------------ bookkeeping
     def _hash_of(self, path: Path) -> str:
         """The recorded hash of an artifact this run produced (no re-hashing of multi-GB checkpoints)."""
-        rel = str(Path(path).relative_to(self.store.root)) if Path(path).is_relative_to(self.store.root) else None
-        for e in self.store.entries.values():
-            if e.artifact == rel:
-                return e.artifact_hash
-        from tapir_exp.store import file_hash
-
-        return file_hash(path)
+        return self.store.hash_of(path)
 
     def _note(self, r: int, step: str, result: StepResult) -> None:
         self.summary.add_seconds(r, step, result.entry.seconds)

@@ -7,8 +7,14 @@ Layout::
     <run_dir>/round_<r>/<name>/        directory artifacts (e.g. the student checkpoint)
 
 A step is *done* when its manifest entry carries the same signature — a hash of the step name, its
-config subtree and the hashes of its input artifacts — and its artifact still hashes to what the
-manifest recorded. Every write goes to a temporary name in the same directory and is renamed into
+config subtree and the hashes of its input artifacts — and its artifact is still the one committed. That
+check reads no artifact: the commit records a fingerprint (every file's size and mtime, hence also the
+file count) next to the content hash, and a resumed run compares stats only, so a 7B run does not re-read
+tens of GB of checkpoints to decide that a step is done. A file whose stats differ (a copied run directory,
+a ``touch``) is re-hashed once: same content, and the fingerprint is re-stamped; other content, and the
+step runs again. An edit that keeps size and mtime is found only by the full check, ``tapir-verify
+<run dir>`` (:func:`verify_run`), which re-hashes every artifact. The content hash is computed once, at
+commit, and signatures of later steps reuse the recorded value. Every write goes to a temporary name in the same directory and is renamed into
 place, so a process killed mid-write leaves either the old artifact or none, never half of one.
 """
 
@@ -49,15 +55,39 @@ def _plain(obj: Any) -> Any:
 
 def file_hash(path: str | os.PathLike) -> str:
     """sha256 of a file, or of a directory's files (names + contents, sorted)."""
+    return content_state(path)[0]
+
+
+def _files(path: Path) -> list[tuple[str, Path]]:
+    """The files of an artifact as (name recorded in the manifest, path): itself, or a directory's files."""
+    if path.is_dir():
+        return [(str(q.relative_to(path)), q) for q in sorted(path.rglob("*")) if q.is_file()]
+    return [(path.name, path)]
+
+
+def fingerprint(path: str | os.PathLike) -> dict[str, list[int]]:
+    """``{file: [size, mtime_ns]}`` for an artifact (a file or every file of a directory): stats only, no read."""
+    out = {}
+    for name, p in _files(Path(path)):
+        st = p.stat()
+        out[name] = [st.st_size, st.st_mtime_ns]
+    return out
+
+
+def content_state(path: str | os.PathLike) -> tuple[str, dict[str, list]]:
+    """One read of every file: the artifact's hash (as :func:`file_hash`) and ``{file: [size, mtime_ns,
+    sha256]}`` (the stats taken before the read, so a write racing the hash shows up as a stats change)."""
     path = Path(path)
     h = hashlib.sha256()
-    if path.is_dir():
-        for p in sorted(q for q in path.rglob("*") if q.is_file()):
-            h.update(str(p.relative_to(path)).encode())
-            h.update(_digest_file(p).encode())
-    else:
-        h.update(_digest_file(path).encode())
-    return h.hexdigest()[:16]
+    files: dict[str, list] = {}
+    for name, p in _files(path):
+        st = p.stat()
+        digest = _digest_file(p)
+        if path.is_dir():
+            h.update(name.encode())
+        h.update(digest.encode())
+        files[name] = [st.st_size, st.st_mtime_ns, digest]
+    return h.hexdigest()[:16], files
 
 
 def _digest_file(path: Path) -> str:
@@ -117,6 +147,8 @@ class StepEntry:
     counts: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
     finished_at: float = 0.0
+    # {file: [size, mtime_ns, sha256]} at commit; None in manifests written before fingerprints existed.
+    files: dict[str, list] | None = None
 
     @property
     def key(self) -> str:
@@ -199,20 +231,43 @@ class RunStore:
             time.sleep(self.poll_s)
 
     def is_done(self, step: str, round: int, signature: str) -> bool:
+        """Same signature and the committed artifact still in place — judged by file stats, not content."""
         e = self.entry(step, round)
         if e is None or e.signature != signature:
             return False
         path = self.root / e.artifact
-        return path.exists() and file_hash(path) == e.artifact_hash
+        if not path.exists():
+            return False
+        if e.files is not None and _same_stats(fingerprint(path), e.files):
+            return True
+        # Stats differ (or an old manifest has none): decide by content, once, and re-stamp if it matches.
+        digest, files = content_state(path)
+        if digest != e.artifact_hash:
+            return False
+        e.files = files
+        if not self.follower:
+            self._save_manifest()
+        return True
 
     def commit(self, step: str, round: int, signature: str, path: Path, counts: dict[str, Any] | None = None,
                seconds: float = 0.0) -> StepEntry:
+        digest, files = content_state(path)
         e = StepEntry(step=step, round=round, signature=signature, artifact=str(path.relative_to(self.root)),
-                      artifact_hash=file_hash(path), counts=dict(counts or {}), seconds=round_seconds(seconds),
-                      finished_at=time.time())
+                      artifact_hash=digest, counts=dict(counts or {}), seconds=round_seconds(seconds),
+                      finished_at=time.time(), files=files)
         self.entries[e.key] = e
         self._save_manifest()
         return e
+
+    def hash_of(self, path: str | os.PathLike) -> str:
+        """The content hash of an artifact as recorded at its commit (no read); hashed only if this run never
+        committed it (e.g. a checkpoint given from outside)."""
+        path = Path(path)
+        rel = str(path.relative_to(self.root)) if path.is_relative_to(self.root) else None
+        for e in self.entries.values():
+            if e.artifact == rel:
+                return e.artifact_hash
+        return file_hash(path)
 
     # ------------------------------------------------------------------ steps
     def run_records_step(
@@ -292,3 +347,66 @@ class RunStore:
 
 def round_seconds(s: float) -> float:
     return float(f"{s:.3f}")
+
+
+def _same_stats(now: dict[str, list[int]], recorded: dict[str, list]) -> bool:
+    return now.keys() == recorded.keys() and all(now[k] == recorded[k][:2] for k in now)
+
+
+@dataclass
+class VerifyReport:
+    """What :func:`verify_run` found: one line per problem, and how much it read."""
+
+    artifacts: int = 0
+    files: int = 0
+    bytes_read: int = 0
+    problems: list[str] = field(default_factory=list)
+    changed_steps: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def verify_run(run_dir: str | os.PathLike, forget: bool = False) -> VerifyReport:
+    """The full check: re-hash every committed artifact and name each file whose content, presence or
+    count differs from the commit (including edits that kept size and mtime, which the fingerprint cannot
+    see). ``forget``: drop the entries of changed artifacts from the manifest, so the next run recomputes
+    those steps (and, through their signatures, every step downstream); use it while no run writes there."""
+    root = Path(run_dir)
+    if not (root / RunStore.MANIFEST).is_file():
+        raise TapirError(f"{root}: no {RunStore.MANIFEST} here (expected a tapir run directory)")
+    # Opened as a follower would: it never deletes the temporaries of a run writing there right now.
+    store = RunStore(root, rank=1)
+    report = VerifyReport()
+    for key, e in sorted(store.entries.items(), key=lambda kv: (kv[1].round, kv[1].finished_at)):
+        report.artifacts += 1
+        path = root / e.artifact
+        bad: list[str] = []
+        if not path.exists():
+            bad.append(f"{e.artifact}: missing")
+        else:
+            digest, files = content_state(path)
+            report.files += len(files)
+            report.bytes_read += sum(f[0] for f in files.values())
+            if e.files is not None:
+                for name in sorted(e.files.keys() | files.keys()):
+                    where = f"{e.artifact}/{name}" if path.is_dir() else e.artifact
+                    if name not in files:
+                        bad.append(f"{where}: removed")
+                    elif name not in e.files:
+                        bad.append(f"{where}: added")
+                    elif files[name][2] != e.files[name][2]:
+                        same = files[name][:2] == e.files[name][:2]
+                        bad.append(f"{where}: content changed" + (" (size and mtime unchanged)" if same else ""))
+            if digest != e.artifact_hash and not bad:
+                bad.append(f"{e.artifact}: content changed (hash {digest}, committed {e.artifact_hash})")
+        for line in bad:
+            report.problems.append(f"step {key}: {line}")
+        if bad:
+            report.changed_steps.append(key)
+    if forget and report.changed_steps:
+        for key in report.changed_steps:
+            store.entries.pop(key, None)
+        store._save_manifest()
+    return report

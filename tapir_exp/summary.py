@@ -52,7 +52,7 @@ class RunSummary:
         """One round record of summary.json as flat ``group/key`` scalars (also read by tapir-report)."""
         out: dict[str, float] = {}
         for key in ("pool_size", "judged", "hard_count", "hard_fraction", "alpha", "round_size", "expanded",
-                    "mean_mfd", "refined", "wall_seconds"):
+                    "mean_mfd", "refined", "student_prompts_shortened", "wall_seconds"):
             if isinstance(rec.get(key), int | float):
                 out[f"round/{key}"] = rec[key]
         for key, val in (rec.get("train") or {}).items():

@@ -10,8 +10,10 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from tapir_exp.records import Example
-from tapir_exp.store import RunStore, atomic_write_text
+from tapir_exp.store import RunStore, atomic_write_text, verify_run
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -73,3 +75,91 @@ def test_sigkill_mid_write_never_leaves_a_partial_file(tmp_path):
     # the temporaries of interrupted writes are cleaned up when a store opens the run directory
     RunStore(tmp_path)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+# --------------------------------------------------------------------------- resume without reading artifacts
+
+def rchar() -> int:
+    """Bytes this process read through read()-like syscalls, page-cache hits and sparse holes included."""
+    for line in Path("/proc/self/io").read_text().splitlines():
+        if line.startswith("rchar:"):
+            return int(line.split()[1])
+    raise AssertionError("no rchar in /proc/self/io")
+
+
+def big_checkpoint(tmp: Path) -> dict:
+    """A 1 GiB sparse file (real bytes to any reader, no disk blocks) and a small config beside it."""
+    with open(tmp / "model-00001-of-00001.bin", "wb") as fh:
+        fh.truncate(1 << 30)
+    (tmp / "config.json").write_text('{"layers": 2}')
+    return {"files": 2}
+
+
+def test_reused_step_reads_no_artifact_and_full_check_catches_a_silent_edit(tmp_path):
+    s = RunStore(tmp_path)
+    first = s.run_dir_step("student", 0, {"k": 1}, {}, big_checkpoint)
+    assert not first.reused and set(first.entry.files) == {"model-00001-of-00001.bin", "config.json"}
+    before = rchar()
+    again = RunStore(tmp_path).run_dir_step("student", 0, {"k": 1}, {}, lambda tmp: pytest.fail("recomputed"))
+    read = rchar() - before
+    assert again.reused and read < 10_000_000, read  # the manifest only, not 1 GiB of checkpoint
+
+    big = tmp_path / "round_0" / "student" / "model-00001-of-00001.bin"
+    st = big.stat()
+    with open(big, "r+b") as fh:  # an edit behind the store's back that keeps size and mtime
+        fh.seek(1 << 29)
+        fh.write(b"\x01")
+    os.utime(big, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert RunStore(tmp_path).run_dir_step("student", 0, {"k": 1}, {}, lambda tmp: pytest.fail("x")).reused
+    report = verify_run(tmp_path)
+    assert report.problems == ["step 0/student: round_0/student/model-00001-of-00001.bin: content changed "
+                               "(size and mtime unchanged)"]
+    assert report.bytes_read >= 1 << 30
+
+
+def test_touched_artifact_is_rehashed_once_and_restamped(tmp_path):
+    s = RunStore(tmp_path)
+    r = s.run_records_step("a", 0, {}, {}, lambda: ([ex(1)], {}))
+    os.utime(r.path, ns=(0, r.entry.files["a.jsonl"][1] + 10**9))  # a copy without -p / a touch: same content
+    s2 = RunStore(tmp_path)
+    assert s2.run_records_step("a", 0, {}, {}, lambda: pytest.fail("recomputed")).reused
+    restamped = json.loads((tmp_path / "manifest.json").read_text())["steps"][0]["files"]["a.jsonl"]
+    assert restamped[1] == r.path.stat().st_mtime_ns and restamped[2] == r.entry.files["a.jsonl"][2]
+
+
+def test_added_file_in_a_directory_artifact_means_not_done(tmp_path):
+    s = RunStore(tmp_path)
+    r = s.run_dir_step("d", 0, {}, {}, lambda tmp: (tmp / "w.bin").write_bytes(b"w") and {})
+    (r.path / "stray.txt").write_text("x")
+    calls = []
+    again = RunStore(tmp_path).run_dir_step("d", 0, {}, {}, lambda tmp: calls.append(1) or (tmp / "w.bin").write_bytes(b"w") and {})
+    assert not again.reused and calls == [1]
+
+
+def test_manifest_without_fingerprints_is_upgraded_on_first_check(tmp_path):
+    s = RunStore(tmp_path)
+    s.run_records_step("a", 0, {}, {}, lambda: ([ex(1)], {}))
+    doc = json.loads((tmp_path / "manifest.json").read_text())
+    for e in doc["steps"]:
+        e.pop("files")
+    (tmp_path / "manifest.json").write_text(json.dumps(doc))
+    assert RunStore(tmp_path).run_records_step("a", 0, {}, {}, lambda: pytest.fail("recomputed")).reused
+    assert json.loads((tmp_path / "manifest.json").read_text())["steps"][0]["files"]
+
+
+def test_verify_cli_reports_and_forgets_changed_steps(tmp_path):
+    s = RunStore(tmp_path)
+    a = s.run_records_step("a", 0, {}, {}, lambda: ([ex(1)], {}))
+    s.run_dir_step("d", 1, {}, {"a": a.entry.artifact_hash}, lambda tmp: (tmp / "w.bin").write_bytes(b"w") and {})
+    cmd = [sys.executable, "-c", "from tapir_exp.cli import verify_main; verify_main()"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    ok = subprocess.run([*cmd, str(tmp_path)], capture_output=True, text=True, env=env)
+    assert ok.returncode == 0 and "2 artifacts, 2 files" in ok.stdout and "all match" in ok.stdout, ok.stdout
+    (tmp_path / "round_1" / "d" / "w.bin").unlink()
+    (tmp_path / "round_1" / "d" / "new.bin").write_bytes(b"n")
+    bad = subprocess.run([*cmd, str(tmp_path), "--forget"], capture_output=True, text=True, env=env)
+    assert bad.returncode == 1
+    assert "step 1/d: round_1/d/new.bin: added" in bad.stdout and "step 1/d: round_1/d/w.bin: removed" in bad.stdout
+    assert [e["step"] for e in json.loads((tmp_path / "manifest.json").read_text())["steps"]] == ["a"]
+    missing = subprocess.run([*cmd, str(tmp_path / "nope")], capture_output=True, text=True, env=env)
+    assert missing.returncode == 2 and "no manifest.json here" in missing.stderr

@@ -1,7 +1,8 @@
 """Usage ledger: what the oracle cost, by role, step and round.
 
 Counts requests actually sent (``requests``), answers served from the cache (``cache_hits``), tokens,
-retries, failures, truncated answers and cost from the price table. Saved as JSON in the run directory and
+retries, failures, truncated answers, prompts shortened to fit a context (``shortened``) and cost from the
+price table. Saved as JSON in the run directory and
 reloaded on resume, so the totals of a killed-and-resumed run are the totals of the whole run.
 """
 
@@ -16,7 +17,7 @@ from typing import Any
 from tapir_exp.store import atomic_write_json
 
 FIELDS = ("requests", "cache_hits", "prompt_tokens", "completion_tokens", "retries", "failures",
-          "parse_failures", "truncated", "cost_usd")
+          "parse_failures", "truncated", "shortened", "cost_usd")
 
 
 def _zero() -> dict[str, float]:

@@ -4,18 +4,27 @@ Requests are generated in length-sorted batches with left padding; greedy when t
 sampling otherwise. Token log-probabilities come from the generation scores, so the judge's
 log-probability rating works locally too. Generation runs in a worker thread so the client's event loop
 (timeouts, progress) stays responsive.
+
+A prompt longer than ``max_input_tokens`` keeps its chat template and prefill: the middle of its content
+is cut out and marked (:func:`tapir_exp.shorten.fit_chat`; a judge prompt's two answers are shortened
+evenly), the result carries ``meta['shortened']`` (tokens removed) and the usage ledger counts it. A
+prompt that cannot fit even so (template + system prompt + prefill too long) fails as a request, with its
+reason in the run's failure log.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from pathlib import Path
 from typing import Any
 
 from tapir_exp.llm.base import Backend, ChatRequest, ChatResult
+from tapir_exp.shorten import Fitted, fit_chat
 
 TOP_K_LOGPROBS = 20
+log = logging.getLogger("tapir")
 
 
 class LocalBackend(Backend):
@@ -72,24 +81,40 @@ class LocalBackend(Backend):
                        r.seed if sampled else None, r.logprobs)
                 groups.setdefault(key, []).append(i)
             out: list[ChatResult | BaseException] = [None] * len(requests)  # type: ignore[list-item]
-            for (sampled, temperature, top_p, seed, logprobs), idx in groups.items():
+            fitted: list[Fitted | None] = [None] * len(requests)
+            for i, r in enumerate(requests):
                 try:
-                    results = self._generate([requests[i] for i in idx], sampled, temperature, top_p, seed, logprobs)
+                    fitted[i] = self.fit(r)
+                except ValueError as e:  # PromptTooLong: handed back for this request only
+                    out[i] = e
+            short = sum(1 for f in fitted if f is not None and f.removed)
+            if short:
+                log.warning("local oracle: %d of %d prompt(s) longer than max_input_tokens=%d had the middle of their "
+                            "content cut (template and prefill kept)", short, len(requests), self.max_input_tokens)
+            for (sampled, temperature, top_p, seed, logprobs), idx in groups.items():
+                idx = [i for i in idx if fitted[i] is not None]
+                if not idx:
+                    continue
+                try:
+                    results = self._generate([requests[i] for i in idx], [fitted[i] for i in idx], sampled,
+                                             temperature, top_p, seed, logprobs)
                 except Exception as e:  # noqa: BLE001 - handed back per request; the client records it
                     results = [e] * len(idx)
                 for i, res in zip(idx, results, strict=True):
                     out[i] = res
             return out
 
-    def _generate(self, reqs: list[ChatRequest], sampled: bool, temperature: float, top_p: float, seed: int | None,
-                  logprobs: bool) -> list[ChatResult]:
+    def fit(self, request: ChatRequest) -> Fitted:
+        """The prompt as the model sees it: chat template + prefill, content shortened to max_input_tokens."""
+        self._load()
+        return fit_chat(request.message_dicts(), self._tok, self.max_input_tokens, prefill=request.prefill)
+
+    def _generate(self, reqs: list[ChatRequest], fitted: list[Fitted], sampled: bool, temperature: float,
+                  top_p: float, seed: int | None, logprobs: bool) -> list[ChatResult]:
         import torch
 
         tok, model = self._tok, self._model
-        texts = [tok.apply_chat_template(r.message_dicts(), add_generation_prompt=True, tokenize=False) + r.prefill
-                 for r in reqs]
-        enc = tok(texts, return_tensors="pt", padding=True, truncation=True, max_length=self.max_input_tokens,
-                  add_special_tokens=False).to(self.device)
+        enc = tok([f.text for f in fitted], return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
         max_new = max(int(r.max_tokens) for r in reqs)
         kw: dict[str, Any] = {"max_new_tokens": max_new, "pad_token_id": tok.pad_token_id,
                               "return_dict_in_generate": True, "output_scores": logprobs}
@@ -128,5 +153,6 @@ class LocalBackend(Backend):
                                 if v > float("-inf")})
             results.append(ChatResult(request_id=req.id, text=text, finish_reason=finish,
                                       prompt_tokens=int(enc["attention_mask"][b].sum()), completion_tokens=n,
-                                      top_logprobs=top))
+                                      top_logprobs=top, meta={"shortened": fitted[b].removed} if fitted[b].removed
+                                      else {}))
         return results

@@ -318,6 +318,7 @@ class Oracle:
         self.cache.put(key, res.to_cache(), backend.name, str(backend.model))
         self.usage.add(role, step, round, requests=attempts, prompt_tokens=res.prompt_tokens,
                        completion_tokens=res.completion_tokens, truncated=int(res.finish_reason == "length"),
+                       shortened=int(bool(res.meta.get("shortened"))),
                        cost_usd=self.estimate_cost(role, res.prompt_tokens, res.completion_tokens))
         return res
 

@@ -78,6 +78,16 @@ def _distill_label(examples, oracle, labels, fallback, sample_size, holdout_frac
     sample = [ex for i, ex in enumerate(examples) if i in sample_idx]
     rest = [ex for i, ex in enumerate(examples) if i not in sample_idx]
     counts: dict[str, Any] = dict(_oracle_label(sample, oracle, labels, fallback, step, round, failure_budget))
+    import sklearn.linear_model  # noqa: F401  (loads scipy's and numpy's BLAS before limiting them)
+    from threadpoolctl import threadpool_limits  # a dependency of scikit-learn
+
+    # One BLAS thread: the matrices are small and sparse, and spinning BLAS threads on a busy node cost more
+    # than they give (15x CPU measured on a shared 2-core machine; bench/data_scale.py).
+    with threadpool_limits(limits=1):
+        return _distill_fit_predict(sample, rest, holdout_fraction, fallback, counts)
+
+
+def _distill_fit_predict(sample, rest, holdout_fraction, fallback, counts) -> dict[str, Any]:
     n_hold = max(1, int(len(sample) * holdout_fraction))
     hold, train = sample[:n_hold], sample[n_hold:]
     model = _fit(train)

@@ -34,10 +34,14 @@ def teacher_answers(examples: list[Example], oracle: Any, *, step: str, round: i
 def student_answers(examples: list[Example], generator: Any, model_dir: str | Path) -> tuple[list[Example], dict[str, int]]:
     """The current student answers every example (its answer goes to ``meta['student']``)."""
     gens = generator.generate(model_dir, [ex.messages() for ex in examples])
-    truncated = tokens = 0
+    truncated = tokens = shortened = 0
     for ex, g in zip(examples, gens, strict=True):
         ex.meta["student"] = g.text.strip()
         ex.meta["student_tokens"] = g.completion_tokens
+        if g.shortened:  # the prompt's middle was cut to fit the student's context
+            ex.meta["student_prompt_shortened"] = g.shortened
+            shortened += 1
         truncated += g.finish_reason == "length"
         tokens += g.completion_tokens
-    return examples, {"answered": len(examples), "truncated": truncated, "completion_tokens": tokens}
+    return examples, {"answered": len(examples), "truncated": truncated, "completion_tokens": tokens,
+                      "prompts_shortened": shortened}

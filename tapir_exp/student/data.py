@@ -4,16 +4,25 @@ batching that is deterministic, distributed-aware and resumable mid-epoch."""
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 from collections.abc import Iterator
 from typing import Any
 
 IGNORE = -100
+log = logging.getLogger("tapir")
 
 
-def encode(tokenizer: Any, conversations: list[list[dict[str, str]]], max_length: int) -> list[dict[str, list[int]]]:
-    """Token ids + labels per conversation; every token before the last assistant turn is masked."""
+def encode(tokenizer: Any, conversations: list[list[dict[str, str]]], max_length: int,
+           counts: dict[str, int] | None = None) -> list[dict[str, list[int]]]:
+    """Token ids + labels per conversation; every token before the last assistant turn is masked.
+
+    Longer than ``max_length``: the example keeps its whole prompt and loses the tail of its answer
+    (``answer_tail_cut``); one whose prompt alone leaves no room for an answer token is dropped
+    (``dropped_prompt_too_long``), as is one with an empty answer (``dropped_empty_answer``). ``counts``
+    receives these numbers; nothing is cut without being counted (and logged)."""
+    c = {"examples": 0, "answer_tail_cut": 0, "dropped_prompt_too_long": 0, "dropped_empty_answer": 0}
     out = []
     for conv in conversations:
         if not conv or conv[-1]["role"] != "assistant":
@@ -27,9 +36,21 @@ def encode(tokenizer: Any, conversations: list[list[dict[str, str]]], max_length
         if tokenizer.eos_token_id is not None and (not f_ids or f_ids[-1] != tokenizer.eos_token_id):
             f_ids = f_ids + [tokenizer.eos_token_id]  # the student must learn to stop
         labels = [IGNORE] * min(len(p_ids), len(f_ids)) + f_ids[len(p_ids):]
-        ids, labels = f_ids[:max_length], labels[:max_length]
-        if any(lab != IGNORE for lab in labels):  # an answer cut off entirely teaches nothing
-            out.append({"input_ids": ids, "labels": labels})
+        if not any(lab != IGNORE for lab in labels):
+            c["dropped_empty_answer"] += 1
+            continue
+        if len(p_ids) >= max_length:  # no room for a single answer token: it would teach nothing
+            c["dropped_prompt_too_long"] += 1
+            continue
+        if len(f_ids) > max_length:
+            c["answer_tail_cut"] += 1
+        out.append({"input_ids": f_ids[:max_length], "labels": labels[:max_length]})
+    c["examples"] = len(out)
+    if c["answer_tail_cut"] or c["dropped_prompt_too_long"]:
+        log.warning("training data: %d answer(s) lost their tail and %d example(s) were dropped (prompt alone "
+                    "longer than max_length=%d)", c["answer_tail_cut"], c["dropped_prompt_too_long"], max_length)
+    if counts is not None:
+        counts.update(c)
     return out
 
 

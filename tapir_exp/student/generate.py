@@ -2,11 +2,16 @@
 student already served behind an OpenAI-compatible endpoint.
 
 vLLM runs in its own process per call so its GPU memory is released before training starts again.
+
+A prompt longer than the generator's input budget is never cut from the right (which would drop the
+assistant header): the middle of its content is cut out and marked (:func:`tapir_exp.shorten.fit_chat`),
+``Generation.shortened`` says how many tokens went, and the steps count it.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -16,6 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from tapir_exp.errors import ConfigError
+from tapir_exp.shorten import Fitted, PromptTooLong, fit_chat
+
+log = logging.getLogger("tapir")
 
 
 @dataclass
@@ -24,6 +32,7 @@ class Generation:
     completion_tokens: int
     finish_reason: str  # stop | length
     prompt_tokens: int = 0
+    shortened: int = 0  # prompt content tokens cut out to fit the context (0: the prompt was whole)
 
 
 class HFGenerator:
@@ -49,21 +58,33 @@ class HFGenerator:
             self._loaded = (key, tok, model)
         return self._loaded[1], self._loaded[2]
 
+    def prompts(self, model_dir: str | Path, conversations: list[list[dict[str, str]]]) -> list[Fitted]:
+        """The prompts as the model sees them: chat template + generation prompt, content shortened to fit
+        ``max_input_tokens``."""
+        tok, _ = self._load(model_dir)
+        try:
+            return [fit_chat(c, tok, self.max_input_tokens) for c in conversations]
+        except PromptTooLong as e:
+            raise ConfigError("generation.max_input_tokens", f"{self.max_input_tokens} is too small: {e}") from None
+
     def generate(self, model_dir: str | Path, conversations: list[list[dict[str, str]]]) -> list[Generation]:
         import torch
 
         tok, model = self._load(model_dir)
-        prompts = [tok.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in conversations]
-        lengths = [len(tok(p, add_special_tokens=False)["input_ids"]) for p in prompts]
-        order = sorted(range(len(prompts)), key=lambda i: lengths[i])  # similar lengths share a batch: less padding
-        out: list[Generation | None] = [None] * len(prompts)
+        fitted = self.prompts(model_dir, conversations)
+        short = sum(1 for f in fitted if f.removed)
+        if short:
+            log.warning("HF generation: %d of %d prompt(s) longer than generation.max_input_tokens=%d had the middle "
+                        "of their content cut (chat template kept)", short, len(fitted), self.max_input_tokens)
+        order = sorted(range(len(fitted)), key=lambda i: fitted[i].n_tokens)  # similar lengths share a batch
+        out: list[Generation | None] = [None] * len(fitted)
         eos = model.generation_config.eos_token_id
         eos_ids = set(eos if isinstance(eos, list) else [eos]) | {tok.eos_token_id}
         torch.manual_seed(self.seed)
         for start in range(0, len(order), self.batch_size):
             idx = order[start:start + self.batch_size]
-            enc = tok([prompts[i] for i in idx], return_tensors="pt", padding=True, truncation=True,
-                      max_length=self.max_input_tokens, add_special_tokens=False).to(self.device)
+            enc = tok([fitted[i].text for i in idx], return_tensors="pt", padding=True,
+                      add_special_tokens=False).to(self.device)
             kw: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "pad_token_id": tok.pad_token_id}
             if self.temperature > 0:
                 kw.update(do_sample=True, temperature=self.temperature, top_p=self.top_p)
@@ -76,8 +97,8 @@ class HFGenerator:
                 n = next((j for j, t in enumerate(ids) if t in eos_ids), None)
                 finish = "length" if n is None else "stop"
                 ids = ids if n is None else ids[:n]
-                out[i] = Generation(tok.decode(ids, skip_special_tokens=True), len(ids), finish,
-                                    min(lengths[i], self.max_input_tokens))
+                out[i] = Generation(tok.decode(ids, skip_special_tokens=True), len(ids), finish, fitted[i].n_tokens,
+                                    fitted[i].removed)
         return out  # type: ignore[return-value]
 
 

@@ -55,6 +55,7 @@ class TrainSummary:
     lrs: list[float] = field(default_factory=list)
     # what one optimizer step sees, summed over all processes (compare with a paper's "batch size")
     effective_batch: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, int] = field(default_factory=dict)  # encode()'s counts: answers cut, examples dropped
 
 
 class WholeAccumulationBatches(LengthGroupedBatches):
@@ -226,7 +227,8 @@ def _train_round(init_dir: str | Path, conversations: list[list[dict[str, str]]]
     work_dir.mkdir(parents=True, exist_ok=True)
     tok = AutoTokenizer.from_pretrained(init_dir)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    examples = encode(tok, conversations, int(student_cfg.max_length))
+    data_counts: dict[str, int] = {}
+    examples = encode(tok, conversations, int(student_cfg.max_length), data_counts)
     if not examples:
         raise ValueError("no training example left after tokenisation (all answers empty or cut off)")
     n_examples, n_tokens = len(examples), sum(len(e["input_ids"]) for e in examples)
@@ -289,7 +291,8 @@ def _train_round(init_dir: str | Path, conversations: list[list[dict[str, str]]]
     return TrainSummary(steps=steps, tokens=sum(r["tokens"] for r in rows),
                         first_loss=losses[0] if losses else None, final_loss=losses[-1] if losses else None,
                         losses=losses, padding_efficiency=module.sampler.padding_efficiency(), resumed_from=resumed_from,
-                        lrs=[r["lr"] for r in rows if "lr" in r], effective_batch=batch)
+                        lrs=[r["lr"] for r in rows if "lr" in r], effective_batch=batch,
+                        data=data_counts)
 
 
 def _effective_batch(rows: int, examples: int, tokens: int, batch_size: int, accum: int, world: int,
