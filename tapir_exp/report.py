@@ -213,6 +213,11 @@ def main(argv: list[str] | None = None) -> None:
     write_tables(runs, out)
     pngs = plot(runs, out)
     skills_md, skills_pngs = skills_report(runs, out)
+    from tapir_exp.skills.compare import differences, differences_markdown  # paired differences from TAPIR
+
+    diff_md = differences_markdown(differences(runs))
+    if diff_md:
+        skills_md += ("\n" if skills_md else "") + diff_md
     if skills_md:
         with open(out / "report.md", "a") as fh:
             fh.write("\n" + skills_md)

@@ -137,7 +137,9 @@ def test_reduced_skills_run_end_to_end(tmp_path):
 
     proc = run_tapir(["experiment=skills_tapir", "logger=csv", "oracle.progress=false", "curriculum.rounds=2",
                       "curriculum.size=48", "data.generator.n=160", "steps.warmup.size=48", "steps.warmup.epochs=2",
-                      "trainer.max_epochs=2", "steps.expand.per_round=12", "eval.skills.per_cell=3"], tmp_path,
+                      "trainer.max_epochs=2", "steps.expand.per_round=12", "eval.skills.per_cell=3",
+                      # a small pre-trained base (the real one takes minutes): the same code path
+                      "student.init.facts=400", "student.init.steps=8", "student.init.batch_size=4"], tmp_path,
                      timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]
 

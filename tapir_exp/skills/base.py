@@ -1,0 +1,154 @@
+"""``student=skills_base``: the char student pre-trained on the skills world's plain-text corpus.
+
+Built once and cached under ``paths.model_cache_dir`` (like the SmolLM2 conversion): the directory name
+carries a hash of everything that defines the model (architecture, corpus, training), so a changed config
+builds a new base and an unchanged one is reused by every run and seed. Deterministic: fixed seed, fixed data
+order, single process. Rebuild by hand with::
+
+    python -m tapir_exp.skills.base [hydra overrides]      # e.g. student.init.steps=3000
+
+Pre-training is plain next-character prediction over "pages" of facts (tapir_exp/skills/corpus.py), with no
+chat turns and no "Answer:" lines: the run's warm-up then teaches the instruction format on top of skills the
+model already has.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+from tapir_exp.store import atomic_dir, stable_hash
+
+log = logging.getLogger(__name__)
+
+
+class SkillsBaseInit:
+    def __init__(self, cache_dir: str | None = None, hidden_size: int = 128, intermediate_size: int = 352,
+                 num_hidden_layers: int = 2, num_attention_heads: int = 4, max_position_embeddings: int = 512,
+                 facts: int = 60000, steps: int = 2000, batch_size: int = 32, seq_len: int = 256, lr: float = 3e-3,
+                 warmup_steps: int = 100, threads: int = 1, seed: int = 0, heldout_seed: int = 1234, heldout_per_cell: int = 10):
+        self.cache_dir = Path(cache_dir or Path.home() / ".cache" / "tapir" / "models")
+        self.arch = dict(hidden_size=hidden_size, intermediate_size=intermediate_size,
+                         num_hidden_layers=num_hidden_layers, num_attention_heads=num_attention_heads,
+                         max_position_embeddings=max_position_embeddings)
+        self.train = dict(facts=facts, steps=steps, batch_size=batch_size, seq_len=seq_len, lr=lr,
+                          warmup_steps=warmup_steps, threads=threads, seed=seed, heldout=[heldout_seed, heldout_per_cell])
+
+    # Bump when corpus.py or the pre-training loop changes what a given config builds: the cache key holds the
+    # config, not the code.
+    FORMAT = 1
+
+    @property
+    def key(self) -> dict[str, Any]:
+        return {"arch": self.arch, "train": self.train, "format": self.FORMAT}
+
+    def path(self) -> Path:
+        return self.cache_dir / f"skills-base-{stable_hash(self.key)[:12]}"
+
+    def __call__(self, out_dir: str | Path, corpus: list[str] | None = None, chat_template: str | None = None) -> None:
+        from tapir_exp.student.models import link_tree
+
+        link_tree(self.build(), Path(out_dir))
+
+    def build(self, force: bool = False) -> Path:
+        """The cached base model directory (pre-trained now if missing or ``force``)."""
+        out = self.path()
+        if (out / "config.json").is_file() and not force:
+            return out
+        with atomic_dir(out) as tmp:
+            self._pretrain(tmp)
+        return out
+
+    def _pretrain(self, out: Path) -> None:
+        import torch
+
+        t = self.train
+        threads = torch.get_num_threads()
+        torch.set_num_threads(int(t["threads"]))
+        try:
+            self._fit(out, t)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _fit(self, out: Path, t: dict[str, Any]) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from tapir_exp.skills import corpus
+        from tapir_exp.skills.student import CharLlamaInit
+
+        CharLlamaInit(**self.arch, seed=t["seed"])(out)  # random init + the char tokenizer (printable ASCII)
+        tok = AutoTokenizer.from_pretrained(out)
+        model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+        docs = corpus.documents(corpus.facts(t["facts"], t["seed"], tuple(t["heldout"])), t["seed"])
+        ids: list[int] = []
+        for d in docs:  # a document boundary is the BOS token, as between web pages
+            ids += [tok.bos_token_id] + tok(d, add_special_tokens=False)["input_ids"]
+        L = t["seq_len"]
+        windows = torch.tensor(ids[: len(ids) // L * L]).view(-1, L)
+        log.info("skills base: %d facts, %d characters, %d windows of %d; %d steps", t["facts"], len(ids),
+                 len(windows), L, t["steps"])
+        torch.manual_seed(t["seed"])
+        opt = torch.optim.AdamW(model.parameters(), lr=t["lr"], weight_decay=0.01)
+
+        def factor(step: int) -> float:  # linear warm-up, cosine decay to 10 %
+            if step < t["warmup_steps"]:
+                return (step + 1) / (t["warmup_steps"] + 1)
+            frac = (step - t["warmup_steps"]) / max(1, t["steps"] - t["warmup_steps"])
+            return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        rng, order, losses, t0 = random.Random(f"{t['seed']}/pretrain"), [], [], time.time()
+        model.train()
+        for step in range(t["steps"]):
+            if len(order) < t["batch_size"]:  # a new pass over the windows, in a seeded order
+                nxt = list(range(len(windows)))
+                rng.shuffle(nxt)
+                order += nxt
+            batch = windows[order[: t["batch_size"]]]
+            del order[: t["batch_size"]]
+            loss = model(input_ids=batch, labels=batch, use_cache=False).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            losses.append(round(float(loss.detach()), 4))
+            if step % 200 == 0:
+                log.info("skills base: step %d loss %.3f (%.0f s)", step, losses[-1], time.time() - t0)
+        model.save_pretrained(out)
+        tok.save_pretrained(out)
+        (out / "pretrain.json").write_text(json.dumps(
+            {**self.key, "characters": len(ids), "windows": len(windows), "losses": losses,
+             "seconds": round(time.time() - t0, 1)}, indent=1) + "\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Rebuild the base of ``student=skills_base`` (composed like a run: ``experiment=skills_tapir`` + overrides)."""
+    import sys
+
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    import tapir_exp.config  # noqa: F401  (resolvers)
+    from tapir_exp.cli import CONFIG_PATH
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    overrides = list(sys.argv[1:] if argv is None else argv)
+    with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
+        cfg = compose("tapir", overrides=["experiment=skills_tapir", *overrides], return_hydra_config=False)
+    from tapir_exp.skills.base import SkillsBaseInit as Base  # this module's class, also under `python -m`
+
+    init = instantiate(cfg.student.init)
+    if not isinstance(init, Base):
+        raise SystemExit(f"student.init is {type(init).__name__}, not SkillsBaseInit (use student=skills_base)")
+    print(init.build(force=True))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""Paired differences between skills-world settings (the pre-registered analysis of docs/skills_world.md).
+
+Every setting is compared with a reference (full TAPIR) on the same seeds and the same held-out items: for a
+seed s and an eval item i, d = correct(setting, s, i) - correct(reference, s, i) in {-1, 0, 1}. The reported
+difference is the mean of d over all (seed, item) pairs of a task family (or of all families), with the 95 %
+interval mean +- 1.96 * sd(d) / sqrt(n) (the paired normal interval; sd with n - 1). The warm-up student (round
+0 of the reference's runs) is compared the same way. Inputs are the runs' ``round_R/eval/skills_outputs.jsonl``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from tapir_exp.errors import DataError
+
+Z95 = 1.96
+WARMUP = "warm-up (round 0)"
+
+
+def paired_difference(a: list[int | bool], b: list[int | bool], z: float = Z95) -> tuple[float, float, float, int]:
+    """Mean of a_i - b_i and its 95 % interval (mean +- z * sd / sqrt(n)); n pairs."""
+    if len(a) != len(b):
+        raise ValueError(f"paired_difference: {len(a)} vs {len(b)} outcomes (the pairs must match)")
+    n = len(a)
+    if n == 0:
+        return 0.0, 0.0, 0.0, 0
+    d = [int(x) - int(y) for x, y in zip(a, b, strict=True)]
+    mean = sum(d) / n
+    sd = math.sqrt(sum((x - mean) ** 2 for x in d) / (n - 1)) if n > 1 else 0.0
+    half = z * sd / math.sqrt(n)
+    return mean, mean - half, mean + half, n
+
+
+def outcomes(run_dir: str | Path, round: int) -> dict[tuple[str, int, str], bool]:
+    """(task, difficulty, instruction) -> correct, from one run's eval of one round."""
+    path = Path(run_dir) / f"round_{round}" / "eval" / "skills_outputs.jsonl"
+    if not path.is_file():
+        raise DataError(path, None, None, "missing: the skills eval of this round did not run")
+    out = {}
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            r = json.loads(line)
+            out[(r["task"], int(r["difficulty"]), r["instruction"])] = bool(r["correct"])
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+            raise DataError(path, n, None, f"expected a JSON object with task, difficulty, instruction, correct ({e})") from e
+    return out
+
+
+def _seed(run: dict[str, Any]) -> str:
+    m = re.search(r"(?:^|[,/])seed=([^,/]+)", run["label"])
+    return m.group(1) if m else "default"
+
+
+def differences(runs: list[dict[str, Any]], reference: str = "skills_tapir") -> dict[str, dict[str, tuple]]:
+    """{setting: {task family or "all": (mean, low, high, n)}} of setting minus reference, paired on (seed,
+    item), last round of each run; plus the warm-up student (round 0 of the reference runs). Runs without
+    their per-item eval outputs (``skills_outputs.jsonl``) are left out."""
+    def has(r: dict[str, Any], k: int) -> bool:
+        return (Path(r["run"]) / f"round_{k}" / "eval" / "skills_outputs.jsonl").is_file()
+
+    runs = [r for r in runs if r["rounds"] and has(r, max(x["round"] for x in r["rounds"]))]
+    ref_runs = [r for r in runs if re.search(rf"(?:^|[/,])experiment={re.escape(reference)}(?:,|$)", r["setting"])]
+    if not ref_runs:
+        return {}
+    last = {r["run"]: max(x["round"] for x in r["rounds"]) for r in runs if r["rounds"]}
+    ref = {_seed(r): outcomes(r["run"], last[r["run"]]) for r in ref_runs if r["run"] in last}
+    compared: dict[str, dict[str, list]] = {}  # setting -> seed -> outcomes
+    for r in runs:
+        if r["run"] in last and r not in ref_runs:
+            compared.setdefault(r["setting"], {})[_seed(r)] = outcomes(r["run"], last[r["run"]])
+    compared[WARMUP] = {_seed(r): outcomes(r["run"], 0) for r in ref_runs if has(r, 0)}
+    result: dict[str, dict[str, tuple]] = {}
+    for setting, by_seed in compared.items():
+        pairs: dict[str, tuple[list, list]] = defaultdict(lambda: ([], []))
+        for seed, got in sorted(by_seed.items()):
+            base = ref.get(seed)
+            if base is None:
+                continue  # a seed the reference does not have: no pair
+            for key in sorted(set(got) & set(base)):
+                for group in (key[0], "all"):
+                    pairs[group][0].append(got[key])
+                    pairs[group][1].append(base[key])
+        result[setting] = {g: paired_difference(a, b) for g, (a, b) in sorted(pairs.items())}
+    return result
+
+
+def differences_markdown(diffs: dict[str, dict[str, tuple]], reference: str = "skills_tapir") -> str:
+    if not diffs:
+        return ""
+    groups = sorted({g for d in diffs.values() for g in d if g != "all"}) + ["all"]
+    lines = [f"## Skills world: difference from {reference} (paired over seeds and eval items, 95 % interval)", "",
+             "Accuracy of the setting minus that of the reference on the same seeds and items; last round (the "
+             "warm-up row: round 0 of the reference runs).", "",
+             "| setting | pairs | " + " | ".join(groups) + " |", "|" + "---|" * (len(groups) + 2)]
+    for setting in sorted(diffs, key=lambda s: (s != WARMUP, s)):
+        d = diffs[setting]
+        cells = [f"{d[g][0]:+.3f} [{d[g][1]:+.3f}, {d[g][2]:+.3f}]" if g in d else "" for g in groups]
+        lines.append(f"| {setting} | {d['all'][3] if 'all' in d else 0} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

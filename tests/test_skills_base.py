@@ -1,0 +1,71 @@
+"""The skills world's pre-training: a plain-text corpus of true facts (no instructions, no held-out items) and
+a base student built once, deterministically, and cached."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from tapir_exp.skills import corpus, world
+
+
+def test_corpus_states_true_facts_as_plain_text_and_never_the_eval_set():
+    heldout = (7, 40)
+    facts = corpus.facts(1500, seed=3, heldout=heldout)
+    assert len(facts) == 1500 == len(set(facts))
+    assert facts == corpus.facts(1500, seed=3, heldout=heldout)  # deterministic
+    text = "\n".join(facts)
+    assert "Answer:" not in text and "Compute " not in text and "Repeat the word" not in text  # not instructions
+    # every fact is true: "a + b = c" sums, sorted lists sorted, JSON parses
+    for f in facts:
+        m = re.fullmatch(r"([\d +\-*]+) = (-?\d+)", f)
+        if m:
+            assert eval(m.group(1)) == int(m.group(2)), f  # noqa: S307 - digits and operators only
+        m = re.fullmatch(r">>> sorted\((\[.*\])\)\n(\[.*\])", f)
+        if m:
+            assert sorted(json.loads(m.group(1))) == json.loads(m.group(2)), f
+        if f.startswith("{"):
+            json.loads(f)
+    kinds = {t: 0 for t in world.TASKS}
+    for inst_text in facts:  # every family is on the "web"
+        for t, marker in (("Math", " = "), ("Code Generation", "["), ("Complex Format", "{"), ("Grammar", " as "),
+                          ("Others", "again"), ("Reasoning", " has ")):
+            kinds[t] += marker in inst_text
+    assert all(kinds.values()), kinds
+    # no held-out eval instance is stated: its (question, answer) never appears
+    for inst in world.eval_set(*heldout):
+        if inst.task == "Math":
+            expr = inst.instruction[len("Compute "):].rstrip(".")
+            assert not any(f.startswith(f"{expr} = ") for f in facts), expr
+        if inst.task == "Others":
+            assert f"{inst.answer} {inst.answer}" not in facts
+    docs = corpus.documents(facts, seed=3)
+    assert "\n".join(docs) == text  # pages regroup the facts, in order, without losing any
+
+
+def test_base_is_built_once_deterministically_and_cached(tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tapir_exp.skills.base import SkillsBaseInit
+
+    kw = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, facts=300, steps=6,
+              batch_size=4, seq_len=64, warmup_steps=2)
+    a = SkillsBaseInit(cache_dir=str(tmp_path / "a"), **kw)
+    path = a.build()
+    weights = (path / "model.safetensors").read_bytes()
+    log = json.loads((path / "pretrain.json").read_text())
+    assert len(log["losses"]) == 6 and log["losses"][-1] < log["losses"][0]  # it trained
+    # the same config elsewhere: the same bytes (one thread, seeded order)
+    b = SkillsBaseInit(cache_dir=str(tmp_path / "b"), **kw)
+    assert b.path().name == path.name and (b.build() / "model.safetensors").read_bytes() == weights
+    # cached: a second build does not pre-train again; a run's student directory links to it
+    mtime = (path / "model.safetensors").stat().st_mtime_ns
+    a(tmp_path / "student")
+    assert (path / "model.safetensors").stat().st_mtime_ns == mtime
+    assert (tmp_path / "student" / "model.safetensors").read_bytes() == weights
+    # a changed key is another base
+    assert SkillsBaseInit(cache_dir=str(tmp_path / "a"), **{**kw, "steps": 7}).path() != path
+    tok = AutoTokenizer.from_pretrained(tmp_path / "student")
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "student")
+    assert model.config.num_hidden_layers == 1 and tok.apply_chat_template(
+        [{"role": "user", "content": "Compute 1 + 2."}], add_generation_prompt=True, tokenize=False).endswith("<|assistant|>")

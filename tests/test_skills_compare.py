@@ -1,0 +1,67 @@
+"""The skills world's pre-registered analysis: paired differences from full TAPIR (same seeds, same items),
+checked on made-up outcomes whose means and intervals are computed by hand below."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tapir_exp.skills.compare import WARMUP, differences, paired_difference
+
+# reference (skills_tapir) and setting outcomes per seed: task -> [item 1, item 2] correct
+REF = {1: {"Math": [0, 1], "Others": [1, 1]}, 2: {"Math": [0, 0], "Others": [0, 1]}}
+ABL = {1: {"Math": [1, 1], "Others": [1, 0]}, 2: {"Math": [1, 1], "Others": [0, 1]}, 3: {"Math": [1, 1], "Others": [1, 1]}}
+
+
+def write_run(root, setting: str, seed: int, last: dict[str, list[int]], warm: dict[str, list[int]] | None = None):
+    d = root / f"{setting},seed={seed}"
+    for r, outcomes in ((0, warm), (1, last)):
+        if outcomes is None:
+            continue
+        (d / f"round_{r}" / "eval").mkdir(parents=True)
+        rows = [{"task": t, "difficulty": 1, "instruction": f"{t} item {i}", "answer": "x", "output": "x",
+                 "correct": bool(ok)} for t, oks in outcomes.items() for i, ok in enumerate(oks)]
+        (d / f"round_{r}" / "eval" / "skills_outputs.jsonl").write_text("".join(json.dumps(x) + "\n" for x in rows))
+    rounds = [{"round": 0, "eval": {}}, {"round": 1, "eval": {}}]
+    (d / "summary.json").write_text(json.dumps({"name": "skills", "run_name": f"{setting},seed={seed}", "rounds": rounds}))
+
+
+def test_paired_difference_by_hand():
+    # d = [1, 0, 0, -1, 1, 1, 0, 0]: mean 0.25; sum of squared deviations 3.5, var 3.5 / 7 = 0.5,
+    # sd 0.7071, se 0.7071 / sqrt(8) = 0.25, half-width 1.96 * 0.25 = 0.49
+    mean, lo, hi, n = paired_difference([1, 0, 1, 0, 1, 1, 0, 1], [0, 0, 1, 1, 0, 0, 0, 1])
+    assert n == 8 and mean == pytest.approx(0.25)
+    assert (lo, hi) == (pytest.approx(-0.24), pytest.approx(0.74))
+    with pytest.raises(ValueError, match="pairs must match"):
+        paired_difference([1], [1, 0])
+
+
+def test_differences_pair_seeds_and_items_per_family(tmp_path):
+    from tapir_exp.report import find_runs, load
+    from tapir_exp.report import main as report_main
+
+    root = tmp_path / "outputs" / "skills"
+    for seed, last in REF.items():  # the warm-up student got everything wrong
+        write_run(root, "experiment=skills_tapir", seed, last, warm={t: [0, 0] for t in last})
+    for seed, last in ABL.items():  # seed 3 has no reference run: it must not be paired
+        write_run(root, "experiment=skills_no_balance", seed, last)
+    diffs = differences([load(r) for r in find_runs([str(root)])])
+    abl = diffs["skills/experiment=skills_no_balance"]
+    # d per (seed, item): Math [1, 0, 1, 1], Others [0, -1, 0, 0]; overall the 8 pairs of the test above
+    assert abl["all"][3] == 8 and abl["all"][0] == pytest.approx(0.25)
+    assert abl["all"][1:3] == (pytest.approx(-0.24), pytest.approx(0.74))
+    # Math: mean 0.75, squared deviations 0.75 -> var 0.25, sd 0.5, se 0.25 -> 0.75 +- 0.49
+    assert abl["Math"] == (pytest.approx(0.75), pytest.approx(0.26), pytest.approx(1.24), 4)
+    assert abl["Others"] == (pytest.approx(-0.25), pytest.approx(-0.74), pytest.approx(0.24), 4)
+    # warm-up (all wrong) minus reference: d = [0, -1, -1, -1, 0, 0, 0, -1], mean -0.5, var (8 * 0.25) / 7,
+    # sd 0.5345, se 0.18898, half-width 0.37041
+    warm = diffs[WARMUP]["all"]
+    assert warm[0] == pytest.approx(-0.5) and warm[1] == pytest.approx(-0.87041, abs=1e-5)
+    assert warm[2] == pytest.approx(-0.12959, abs=1e-5)
+    out = tmp_path / "report"
+    report_main([str(root), "--out", str(out)])
+    md = (out / "report.md").read_text()
+    assert "| skills/experiment=skills_no_balance | 8 | +0.750 [+0.260, +1.240] | -0.250 [-0.740, +0.240] | " \
+           "+0.250 [-0.240, +0.740] |" in md
+    assert f"| {WARMUP} | 8 |" in md
