@@ -158,6 +158,7 @@ class Pipeline:
 
     # ------------------------------------------------------------------ shared steps
     def train(self, r: int, init_dir: Path, data: StepResult, epochs: int | None = None) -> Path:
+        from tapir_exp.student.live_metrics import LiveMetrics
         from tapir_exp.student.train import train_round
 
         if epochs is None:  # a student may need its own number of passes (a random-init one needs many)
@@ -168,7 +169,8 @@ class Pipeline:
         def fit(tmp: Path) -> dict[str, Any]:
             t = train_round(init_dir, [ex.messages(with_output=True) for ex in data.records], tmp,
                             student_cfg=self.cfg.student, trainer_cfg=self.cfg.trainer, work_dir=work_dir,
-                            seed=self.seed + r, max_epochs=epochs)
+                            seed=self.seed + r, max_epochs=epochs,
+                            callbacks=[LiveMetrics(self.tracker.log_train_step, r)])  # curves while it trains
             summary_holder["train"] = t
             return {"steps": t.steps, "tokens": t.tokens, "first_loss": t.first_loss, "final_loss": t.final_loss,
                     "losses": [round(x, 4) for x in t.losses], "padding_efficiency": t.padding_efficiency,
