@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
@@ -26,10 +27,28 @@ def _fail(err: BaseException) -> None:
     sys.exit(2)
 
 
+# HTTP client libraries that log one INFO line per request ("HTTP Request: POST .../chat/completions"):
+# hundreds of thousands of lines in a SLURM log at 52K items. The oracle's progress bar / per-call summary
+# lines say what happened instead.
+CHATTY_LOGGERS = ("httpx", "httpx2", "httpcore", "openai", "aiohttp.access")
+
+
+def quiet_http_logs(verbose: bool | str | list | None) -> None:
+    """Keep the HTTP libraries at WARNING unless ``hydra.verbose`` asks for them (true, or their names)."""
+    named = {verbose} if isinstance(verbose, str) else set(verbose or []) if not isinstance(verbose, bool) else set()
+    for name in CHATTY_LOGGERS:
+        if verbose is True or name in named:
+            continue
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def run_task(cfg: DictConfig) -> dict | None:
     """Run one job of whatever mode the config selects; user errors become one line and exit 2."""
+    from hydra.core.hydra_config import HydraConfig
+
     from tapir_exp.task import run
 
+    quiet_http_logs(HydraConfig.get().verbose if HydraConfig.initialized() else None)
     try:
         return run(cfg)
     except TapirError as err:
