@@ -137,7 +137,7 @@ class WandbTracker(NullTracker):
         seed = cfg.get("seed")
         self.run = wandb.init(project=project, entity=entity, mode=mode, id=run_id, resume="allow",
                               name=f"{cfg.get('name', 'tapir')}/{cfg.get('run_name', 'default')}",
-                              group=group or cfg.get("name"), job_type=setting_of(str(cfg.get("run_name", "default"))),
+                              group=group or cfg.get("name"), job_type=setting_of(str(cfg.get("run_name", "default")), job_overrides()),
                               tags=[*(tags or []), *([f"seed={seed}"] if seed is not None else [])], config=cfg,
                               dir=str(run_dir), settings=wandb.Settings(silent=True, console="off"))
         self._wandb = wandb
@@ -189,7 +189,21 @@ class WandbTracker(NullTracker):
         self.run.finish(exit_code=exit_code)
 
 
-def setting_of(run_name: str) -> str:
-    """The run name without its ``seed=...`` override: what runs differing only in their seed share."""
+def setting_of(run_name: str, overrides: list[str] | None = None, max_len: int = 64) -> str:
+    """What runs differing only in their seed share: the command-line overrides without ``seed=...`` (those
+    that name the run, sorted as in the run name), or the run name without it. At most ``max_len``
+    characters (W&B's job_type limit), cut with a hash of the whole when longer."""
+    if overrides is not None:
+        from tapir_exp.config import run_name_from_overrides
+
+        kept = sorted(o for o in overrides if not re.match(r"[+~]?(seed|logger|mode)=", o))  # not results
+        return run_name_from_overrides(",".join(kept), max_len=max_len)
     setting = re.sub(r"(^|,)seed=[^,]*", "", run_name).strip(",") or "default"
-    return setting if len(setting) <= 64 else f"{setting[:53]}-{stable_hash(setting)[:10]}"  # W&B's job_type limit
+    return setting if len(setting) <= max_len else f"{setting[:max_len - 11]}-{stable_hash(setting)[:10]}"
+
+
+def job_overrides() -> list[str] | None:
+    """The running Hydra job's task overrides (None outside a Hydra job)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else None
