@@ -4,6 +4,7 @@
 ``tapir-eval``    evaluate a checkpoint or served model (same config tree, ``mode=eval``)
 ``tapir-report``  compare run/sweep directories (tables + plots), offline
 ``tapir-winrate`` win rate and LC win rate of an alpaca_eval annotations file
+``tapir-export``  a run's SFT sets and preference pairs for LLaMA-Factory / TRL
 """
 
 from __future__ import annotations
@@ -76,6 +77,15 @@ def report_main(argv: list[str] | None = None) -> None:
 
     try:
         report(argv)
+    except TapirError as err:
+        _fail(err)
+
+
+def export_main(argv: list[str] | None = None) -> None:
+    from tapir_exp.export import main as export
+
+    try:
+        export(argv)
     except TapirError as err:
         _fail(err)
 

@@ -27,6 +27,7 @@ from omegaconf import DictConfig
 from tapir_exp.config import to_container
 from tapir_exp.data import load_pool
 from tapir_exp.distributed import launch_rank
+from tapir_exp.export import export_round
 from tapir_exp.records import Example
 from tapir_exp.steps import balance, classify, curriculum, expand, judge, refine, respond
 from tapir_exp.store import RunStore, StepResult, stable_hash
@@ -367,6 +368,7 @@ class Pipeline:
         self.summary.save()
         self.tracker.log_metrics(self.summary.flat_metrics(r), step=r)
         if self.leader:
+            export_round(self.store.round_dir(r))  # SFT set + preference pairs for LLaMA-Factory / TRL
             print_round(self.summary.round(r))
 
 
