@@ -54,8 +54,8 @@ class PreemptionGuard(L.Callback):
         self.received, self._frame = max(self.received, int(signum)), frame
 
     def __enter__(self) -> PreemptionGuard:
-        if threading.current_thread() is not threading.main_thread():
-            return self  # Python delivers signals to the main thread only; nothing to install here
+        if threading.current_thread() is not threading.main_thread() or self._previous:
+            return self  # Python delivers signals to the main thread only; or installed already
         for s in self.signals:
             self._previous[int(s)] = signal.getsignal(s)
             signal.signal(s, self._record)
@@ -65,6 +65,18 @@ class PreemptionGuard(L.Callback):
         for s, h in self._previous.items():
             signal.signal(s, h if h is not None else signal.SIG_DFL)
         self._previous = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A spawned rank gets a copy without this process's handlers; it installs its own in setup().
+        return {**self.__dict__, "_previous": {}, "_frame": None, "_spawned": True}
+
+    def setup(self, trainer: L.Trainer, pl_module, stage: str) -> None:
+        if getattr(self, "_spawned", False):
+            self.__enter__()
+
+    def teardown(self, trainer: L.Trainer, pl_module, stage: str) -> None:
+        if getattr(self, "_spawned", False):
+            self.__exit__()
 
     # ------------------------------------------------------------------ the stop, at an optimizer step
     def on_train_start(self, trainer: L.Trainer, pl_module) -> None:
