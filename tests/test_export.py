@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -64,3 +65,16 @@ def test_round_exports_load_with_datasets_and_match_the_mfd_artifact(tmp_path, c
     assert (tmp_path / "exp/round_0/sft_alpaca.json").is_file() and not (tmp_path / "exp/round_0/dpo.jsonl").exists()
     everything = _load(tmp_path / "exp/round_1/dpo.jsonl", cache)
     assert set(everything["id"]) >= set(want)  # MFD > -100: every judged item with a differing answer
+    export_main([str(run), "--out", str(tmp_path / "none"), "--delta", "100"])
+    assert not (tmp_path / "none/round_1/dpo.jsonl").exists()  # no MFD is past 100
+
+    # Only the items past delta become pairs: the same artifacts with every other item marked not hard.
+    edited = tmp_path / "edited" / "round_1"
+    shutil.copytree(run / "round_1", edited, ignore=shutil.ignore_patterns("student", "export", "eval"))
+    rows = [json.loads(x) for x in (edited / "mfd.jsonl").read_text().splitlines()]
+    for i, row in enumerate(rows):
+        row["meta"]["hard"] = row["meta"]["hard"] and i % 2 == 0
+    (edited / "mfd.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    export_main([str(edited.parent)])
+    half = _load(edited / "export/dpo.jsonl", cache)
+    assert set(half["id"]) == {i for i in want if any(r["id"] == i and r["meta"]["hard"] for r in rows)} != set()
