@@ -79,6 +79,7 @@ class UsageLedger:
         self._lock = threading.Lock()
         self._rows: dict[tuple[str, str, str], dict[str, float]] = defaultdict(_zero)
         self.db: UsageDB | None = None
+        self._own_db = db is None
         self.id = ""
         if self.path is None:
             return  # in memory only (no run directory)
@@ -113,6 +114,13 @@ class UsageLedger:
             row = self._rows[(role, step, str(round))]
             for k, v in counts.items():
                 row[k] += v
+
+    def close(self) -> None:
+        """Close the ledger's own database file (a cache's connection is the cache's to close)."""
+        if self.db is not None and self._own_db:
+            with self.db.lock:
+                self.db.conn.close()
+        self.db = None
 
     def _group(self, idx: int) -> dict[str, dict[str, float]]:
         out: dict[str, dict[str, float]] = defaultdict(_zero)

@@ -193,6 +193,7 @@ class Oracle:
             self._save_usage()
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=5)
+            self.usage.close()
             self.cache.close()
 
     # ------------------------------------------------------------------ internals
