@@ -32,6 +32,7 @@ print("done", flush=True)
 """
 
 
+@pytest.mark.slow
 def test_ledger_counts_every_answered_request_across_sigkills(tmp_path):
     code = CHILD.format(repo=str(REPO), cache=str(tmp_path / "cache.sqlite"), run_dir=str(tmp_path / "run"),
                         conc=CONCURRENCY, n=N)

@@ -7,6 +7,7 @@ import csv
 import json
 
 import lightning as L
+import pytest
 
 from tapir_exp.student.live_metrics import LiveMetrics
 from tapir_exp.student.train import train_round
@@ -32,6 +33,7 @@ class ReadBackMidTraining(L.Callback):
                              lambda rows: len(rows) >= 3)
 
 
+@pytest.mark.slow
 def test_step_metrics_stream_to_wandb_csv_and_jsonl_while_training(tiny, tmp_path, monkeypatch):  # noqa: F811
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     wb_dir, csv_dir = tmp_path / "wb", tmp_path / "csv"
