@@ -5,10 +5,12 @@
 ``tapir-report``  compare run/sweep directories (tables + plots), offline
 ``tapir-winrate`` win rate and LC win rate of an alpaca_eval annotations file
 ``tapir-verify``  re-hash every artifact of a run directory; report any changed behind the store's back
+``tapir-export``  a run's SFT sets and preference pairs for LLaMA-Factory / TRL
 """
 
 from __future__ import annotations
 
+import logging
 import sys
 from typing import Any
 
@@ -43,11 +45,27 @@ class ConfigCheck(Callback):
             _fail(err)
 
 
+# HTTP client libraries that log one INFO line per request ("HTTP Request: POST .../chat/completions"):
+# hundreds of thousands of lines in a SLURM log at 52K items. The oracle's progress bar / per-call summary
+# lines say what happened instead.
+CHATTY_LOGGERS = ("httpx", "httpx2", "httpcore", "openai", "aiohttp.access")
+
+
+def quiet_http_logs(verbose: bool | str | list | None) -> None:
+    """Keep the HTTP libraries at WARNING unless ``hydra.verbose`` asks for them (true, or their names)."""
+    named = {verbose} if isinstance(verbose, str) else set(verbose or []) if not isinstance(verbose, bool) else set()
+    for name in CHATTY_LOGGERS:
+        if verbose is True or name in named:
+            continue
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def run_task(cfg: DictConfig) -> dict | None:
     """Run one job of whatever mode the config selects; user errors become one line and exit 2.
     Nothing is loaded, sent or written before the config passed its check."""
     from tapir_exp.task import run
 
+    quiet_http_logs(HydraConfig.get().verbose if HydraConfig.initialized() else None)
     try:
         adopt_hydra_output_dir(cfg)
         check_config(cfg)
@@ -77,6 +95,15 @@ def report_main(argv: list[str] | None = None) -> None:
 
     try:
         report(argv)
+    except TapirError as err:
+        _fail(err)
+
+
+def export_main(argv: list[str] | None = None) -> None:
+    from tapir_exp.export import main as export
+
+    try:
+        export(argv)
     except TapirError as err:
         _fail(err)
 

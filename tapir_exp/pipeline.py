@@ -27,6 +27,7 @@ from omegaconf import DictConfig
 from tapir_exp.config import to_container
 from tapir_exp.data import load_pool
 from tapir_exp.distributed import launch_rank
+from tapir_exp.export import export_round
 from tapir_exp.records import Example
 from tapir_exp.steps import balance, classify, curriculum, expand, judge, refine, respond
 from tapir_exp.store import RunStore, StepResult, stable_hash
@@ -158,6 +159,7 @@ class Pipeline:
 
     # ------------------------------------------------------------------ shared steps
     def train(self, r: int, init_dir: Path, data: StepResult, epochs: int | None = None) -> Path:
+        from tapir_exp.student.live_metrics import LiveMetrics
         from tapir_exp.student.train import train_round
 
         if epochs is None:  # a student may need its own number of passes (a random-init one needs many)
@@ -168,7 +170,8 @@ class Pipeline:
         def fit(tmp: Path) -> dict[str, Any]:
             t = train_round(init_dir, [ex.messages(with_output=True) for ex in data.records], tmp,
                             student_cfg=self.cfg.student, trainer_cfg=self.cfg.trainer, work_dir=work_dir,
-                            seed=self.seed + r, max_epochs=epochs)
+                            seed=self.seed + r, max_epochs=epochs,
+                            callbacks=[LiveMetrics(self.tracker.log_train_step, r)])  # curves while it trains
             summary_holder["train"] = t
             return {"steps": t.steps, "tokens": t.tokens, "first_loss": t.first_loss, "final_loss": t.final_loss,
                     "losses": [round(x, 4) for x in t.losses], "padding_efficiency": t.padding_efficiency,
@@ -362,6 +365,7 @@ class Pipeline:
         self.summary.save()
         self.tracker.log_metrics(self.summary.flat_metrics(r), step=r)
         if self.leader:
+            export_round(self.store.round_dir(r))  # SFT set + preference pairs for LLaMA-Factory / TRL
             print_round(self.summary.round(r))
 
 

@@ -21,7 +21,7 @@ from tapir_exp.data import load_pool
 from tapir_exp.eval.runner import item_limit
 from tapir_exp.prompts import load_prompt
 from tapir_exp.steps.expand import PER_REQUEST
-from tapir_exp.store import atomic_write_json
+from tapir_exp.store import atomic_write_json, atomic_write_text
 
 CHARS_PER_TOKEN = 4.0
 
@@ -128,8 +128,22 @@ def estimate(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, An
                            "judge_scoring": judge_scoring, "refined_fraction": round(styled, 3),
                            "completion_tokens": "role max_tokens (upper bound) unless the pool's responses say less"}}
     atomic_write_json(run_dir / "plan.json", doc)
+    _write_csv(run_dir / "plan.csv", rows)
     _print(doc)
     return doc
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    """The plan's rows for a spreadsheet, beside plan.json."""
+    import csv
+    import io
+
+    cols = ["role", "step", "round", "model", "requests", "prompt_tokens", "completion_tokens", "cost_usd", "priced"]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
 
 
 def _eval_items(cap: Any, default: int) -> int:
@@ -155,8 +169,9 @@ def _styled_fraction(pool, ratios, styles, default_style) -> float:
 
 
 def _print(doc: dict[str, Any]) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from tapir_exp.summary import console
 
     t = Table(title=f"oracle plan: pool {doc['pool']}, {doc['rounds']} round(s) (no model was called)")
     for col in ("role", "step", "round", "model", "requests", "prompt tok", "completion tok", "cost $"):
@@ -167,6 +182,6 @@ def _print(doc: dict[str, Any]) -> None:
     g = doc["total"]
     t.add_row("total", "", "", "", f"{g['requests']:,}", f"{g['prompt_tokens']:,}", f"{g['completion_tokens']:,}",
               f"{g['cost_usd']:.2f}", style="bold")
-    Console().print(t)
+    console().print(t)
     if doc["unpriced_models"]:
-        Console().print(f"no price in oracle.prices for: {', '.join(doc['unpriced_models'])} (cost shown as n/a)")
+        console().print(f"no price in oracle.prices for: {', '.join(doc['unpriced_models'])} (cost shown as n/a)")

@@ -1,8 +1,10 @@
 """``tapir-report DIR [DIR ...] [--out report/]``: compare runs (or whole sweep directories).
 
-Finds every ``summary.json`` under the given directories and writes a comparison table of the last round
-(Markdown and CSV) plus PNG plots per round: eval metrics, mean MFD and hard fraction, train loss, task mix.
-Skills-world runs (``experiment=skills_*``) also get exact-match accuracy per task per round with 95 %
+Finds every ``summary.json`` under the given directories. Runs that differ only in their ``seed`` form one
+setting: the comparison table of the last round (Markdown ``report.md`` and ``report.csv``) has one row per
+setting with each metric's mean over seeds and its 95 % interval (Student t, mean +- t * sd / sqrt(n)); the
+PNG plots per round (eval metrics, mean MFD and hard fraction, train loss) show the seed means with those
+intervals as error bars. Every run on its own is in ``runs.csv``. Skills-world runs (``experiment=skills_*``) also get exact-match accuracy per task per round with 95 %
 intervals, pooled over the seeds of each setting, and MFD's hard fraction per task over rounds.
 """
 
@@ -16,8 +18,11 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from tapir_exp.errors import DataError, TapirError
 from tapir_exp.summary import RunSummary
+from tapir_exp.tracking import setting_of
 
 COLUMNS = ["alpaca_eval/win_rate", "alpaca_eval/lc_win_rate", "alpaca_eval/standard_error", "mt_bench/score",
            "round/mean_mfd", "round/hard_fraction", "round/round_size", "train/final_loss", "oracle/requests",
@@ -43,25 +48,81 @@ def load(run: Path) -> dict[str, Any]:
     rounds = doc.get("rounds") or []
     per_round = [RunSummary.flatten(r) for r in rounds]
     label = f"{doc.get('name', run.parent.name)}/{doc.get('run_name', run.name)}"
-    # runs that differ only in their seed form one setting (pooled in the skills report)
-    setting = re.sub(r"(^|,)seed=[^,]*", "", str(doc.get("run_name", run.name))).strip(",") or "default"
+    # runs that differ only in their seed form one setting (seed means in the tables and plots)
+    saved = run / ".hydra" / "overrides.yaml"  # the job's overrides: the run name may be cut and hashed
+    overrides = [str(o) for o in (yaml.safe_load(saved.read_text()) or [])] if saved.is_file() else None
+    setting = setting_of(str(doc.get("run_name", run.name)), overrides, max_len=200)
     return {"run": str(run), "label": label, "setting": f"{doc.get('name', run.parent.name)}/{setting}",
-            "rounds": rounds, "per_round": per_round}
+            "overrides": overrides, "seed": (doc.get("config") or {}).get("seed"), "rounds": rounds,
+            "per_round": [dict(pr, round=rec["round"]) for pr, rec in zip(per_round, rounds, strict=True)]}
+
+
+def name_settings_by_difference(runs: list[dict[str, Any]]) -> None:
+    """Name each setting by the overrides that tell it apart: those every run shares say nothing in a
+    comparison (and make labels too long to read)."""
+    if len(runs) < 2 or any(r["overrides"] is None for r in runs):
+        return
+    sets = [set(setting_of("", r["overrides"], max_len=10_000).split(",")) for r in runs]
+    common = set.intersection(*sets)
+    if all(s == common for s in sets):
+        return
+    for r, own in zip(runs, sets, strict=True):
+        name = r["setting"].split("/", 1)[0]
+        r["setting"] = f"{name}/" + (",".join(sorted(own - common)) or "(base)")
+
+
+def mean_ci(values: list[float]) -> tuple[float, float | None]:
+    """Mean and the half-width of its 95 % interval (Student t over seeds; None for a single seed)."""
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, None
+    from scipy.stats import t
+
+    sd = (sum((v - mean) ** 2 for v in values) / (n - 1)) ** 0.5
+    return mean, float(t.ppf(0.975, n - 1)) * sd / n ** 0.5
+
+
+def by_setting(runs: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in runs:
+        groups[r["setting"]].append(r)
+    return dict(sorted(groups.items()))
+
+
+def last_round(run: dict[str, Any]) -> dict[str, Any]:
+    return run["per_round"][-1] if run["per_round"] else {}
 
 
 def write_tables(runs: list[dict[str, Any]], out: Path) -> None:
-    cols = [c for c in COLUMNS if any(c in (r["per_round"][-1] if r["per_round"] else {}) for r in runs)]
-    rows = [[r["label"], len(r["rounds"]) - 1] + [(r["per_round"][-1] if r["per_round"] else {}).get(c) for c in cols]
-            for r in runs]
+    cols = [c for c in COLUMNS if any(c in last_round(r) for r in runs)]
+    with open(out / "runs.csv", "w", newline="") as fh:  # every run on its own
+        w = csv.writer(fh)
+        w.writerow(["run", "setting", "seed", "rounds", *cols])
+        w.writerows([[r["label"], r["setting"], r["seed"], len(r["rounds"]) - 1, *(last_round(r).get(c) for c in cols)]
+                     for r in runs])
+    fmt = lambda v: "" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))  # noqa: E731
+    csv_rows, md_rows = [], []
+    for setting, group in by_setting(runs).items():
+        rounds = sorted({len(r["rounds"]) - 1 for r in group})
+        cells, md = [], []
+        for c in cols:
+            values = [last_round(r)[c] for r in group if isinstance(last_round(r).get(c), int | float)]
+            mean, half = mean_ci(values) if values else (None, None)
+            cells += [mean, half]
+            md.append("" if mean is None else fmt(mean) + ("" if half is None else f" ± {half:.2g}"))
+        rounds_s = "/".join(map(str, rounds))
+        csv_rows.append([setting, len(group), rounds_s, *cells])
+        md_rows.append(f"| {setting} | {len(group)} | {rounds_s} | " + " | ".join(md) + " |")
     with open(out / "report.csv", "w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["run", "rounds", *cols])
-        w.writerows(rows)
-    fmt = lambda v: "" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))  # noqa: E731
-    lines = ["| run | rounds | " + " | ".join(cols) + " |", "|" + "---|" * (len(cols) + 2)]
-    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
-    (out / "report.md").write_text("# tapir-report\n\nLast round of each run.\n\n" + "\n".join(lines) + "\n"
-                                   + protocols_section(runs))
+        w.writerow(["setting", "seeds", "rounds", *(f"{c}{suffix}" for c in cols for suffix in ("", " ci95"))])
+        w.writerows(csv_rows)
+    lines = ["| setting | seeds | rounds | " + " | ".join(cols) + " |", "|" + "---|" * (len(cols) + 3), *md_rows]
+    (out / "report.md").write_text(
+        "# tapir-report\n\nLast round; runs that differ only in their seed are one setting: mean over seeds ± the "
+        "half-width of its 95 % interval (Student t). Each run: runs.csv.\n\n" + "\n".join(lines) + "\n"
+        + protocols_section(runs))
 
 
 def protocols_section(runs: list[dict[str, Any]]) -> str:
@@ -81,21 +142,32 @@ def plot(runs: list[dict[str, Any]], out: Path) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     made = []
+    groups = by_setting(runs)
     for key, title in [("alpaca_eval/lc_win_rate", "LC win rate"), ("alpaca_eval/win_rate", "win rate"),
                        ("mt_bench/score", "MT-Bench score"), ("round/mean_mfd", "mean MFD"),
                        ("round/hard_fraction", "hard fraction"), ("train/final_loss", "final train loss")]:
-        series = [(r["label"], [(i, pr.get(key)) for i, pr in enumerate(r["per_round"]) if pr.get(key) is not None])
-                  for r in runs]
+        series = []
+        for setting, group in groups.items():
+            per_round: dict[int, list[float]] = defaultdict(list)
+            for r in group:
+                for pr in r["per_round"]:
+                    if isinstance(pr.get(key), int | float):
+                        per_round[pr["round"]].append(pr[key])
+            stats = [(x, *mean_ci(v)) for x, v in sorted(per_round.items())]
+            series.append((f"{setting} (n={len(group)})", stats))
         if not any(pts for _, pts in series):
             continue
         fig, ax = plt.subplots(figsize=(6, 4))
         for label, pts in series:
-            if pts:
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
+            if pts:  # seed means, 95 % intervals as error bars where there are two seeds or more
+                ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] or 0.0 for p in pts], marker="o",
+                            capsize=3, label=label)
         ax.set_xlabel("round")
-        ax.set_title(title)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_title(title + (" (mean over seeds, 95 % interval)" if any(len(g) > 1 for g in groups.values()) else ""))
         ax.legend(fontsize=7)
         path = out / f"{key.replace('/', '_')}.png"
         fig.tight_layout()
@@ -208,6 +280,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", default="report", help="output directory (default: ./report)")
     a = ap.parse_args(argv)
     runs = [load(r) for r in find_runs(a.dirs)]
+    name_settings_by_difference(runs)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     write_tables(runs, out)

@@ -82,9 +82,18 @@ def _top(mix: dict[str, int] | None, k: int = 4) -> str:
     return ", ".join(f"{lab} {100 * n / total:.0f}%" for lab, n in items)
 
 
+def console() -> Any:
+    """A rich console that cuts nothing: as wide as the terminal on a terminal; otherwise (a SLURM log, a
+    pipe) wide enough for any table, which then prints at its natural width instead of rich's default 80
+    columns with numbers ending in "…"."""
+    from rich.console import Console
+
+    c = Console()
+    return c if c.is_terminal else Console(width=100_000, soft_wrap=True)
+
+
 def print_round(rec: dict[str, Any]) -> None:
     """A compact per-round summary on the console."""
-    from rich.console import Console
     from rich.table import Table
 
     r = rec["round"]
@@ -120,7 +129,7 @@ def print_round(rec: dict[str, Any]) -> None:
                   f" ${o.get('cost_usd', 0.0):.4f}, cache hits {o.get('cache_hits', 0)}")
     secs = rec.get("seconds") or {}
     t.add_row("seconds", ", ".join(f"{k} {v:.1f}" for k, v in secs.items() if isinstance(v, int | float)) or "-")
-    Console().print(t)
+    console().print(t)
 
 
 def _fmt(x: Any) -> str:

@@ -68,3 +68,69 @@ def test_delta_sweep_and_wandb_sweep_name_real_config_keys(tmp_path):
         cfg = compose("tapir", overrides=overrides)
     assert cfg.steps.mfd.delta == 0.0 and float(values[-1]) == 3.0 and len(values) == 5
     assert cfg.curriculum.alpha_start == 0.1 and cfg.trainer.lr == 1.0e-5
+
+
+def test_plan_table_printed_whole_in_a_pipe_and_written_as_csv(tmp_path):
+    """`tapir mode=plan ... | cat`: no column cut to rich's default 80 (no "…"); plan.csv beside plan.json."""
+    import csv
+
+    model = "a-judge-model-with-a-name-long-enough-to-push-the-table-past-eighty-columns"
+    r = subprocess.run([sys.executable, "-m", "tapir_exp.cli", "mode=plan", "logger=none", "oracle=openai",
+                        f"oracle.backends.openai.model={model}", f"+oracle.prices.{model}={{prompt: 3, completion: 9}}"],
+                       cwd=tmp_path, capture_output=True, text=True,
+                       env={"PATH": "/usr/bin:/bin", "TAPIR_ROOT": str(tmp_path), "PYTHONPATH": str(REPO)})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "…" not in r.stdout and model in r.stdout
+    plan_json = next((tmp_path / "outputs").glob("*/*/plan.json"))
+    plan = json.loads(plan_json.read_text())
+    total = plan["total"]
+    assert f"{total['prompt_tokens']:,}" in r.stdout and f"{total['cost_usd']:.2f}" in r.stdout
+    with open(plan_json.with_name("plan.csv")) as fh:
+        rows = list(csv.DictReader(fh))
+    assert [(x["role"], x["step"], int(x["requests"])) for x in rows] == \
+        [(x["role"], x["step"], x["requests"]) for x in plan["rows"]]
+
+
+def test_round_table_printed_whole_when_not_a_terminal(capsys):
+    from tapir_exp.summary import print_round
+
+    mix = {f"Task label number {i} with a long name": 100 + i for i in range(6)}
+    print_round({"round": 1, "pool_size": 52002, "judged": 52002, "hard_count": 31337, "hard_fraction": 0.6026,
+                 "round_size": 20000, "alpha": 0.25, "expanded": 5000, "refined": 12345, "mean_mfd": 1.2345,
+                 "task_mix_before": mix, "task_mix_after": mix,
+                 "oracle": {"requests": 104004, "prompt_tokens": 123456789, "completion_tokens": 9876543,
+                            "cost_usd": 1234.5678, "cache_hits": 4242},
+                 "seconds": {"student_answers": 1234.5, "mfd": 5678.9, "expand": 12.3, "dataset": 456.7, "student": 7890.1}})
+    out = capsys.readouterr().out
+    assert "…" not in out
+    assert "104004 calls, 123456789+9876543 tokens, $1234.5678, cache hits 4242" in out
+    assert "student_answers 1234.5, mfd 5678.9, expand 12.3, dataset 456.7, student 7890.1" in out
+
+
+def test_http_request_lines_stay_at_warning_unless_verbose(caplog):
+    """The OpenAI SDK's HTTP library logs one INFO line per request; tapir keeps it quiet unless hydra.verbose."""
+    import logging
+
+    import openai
+
+    from tapir_exp.cli import CHATTY_LOGGERS, quiet_http_logs
+    from tapir_exp.testing.openai_server import FakeOpenAIServer
+
+    def lines(verbose) -> int:
+        quiet_http_logs(verbose)
+        caplog.clear()
+        with caplog.at_level(logging.INFO):
+            client.chat.completions.create(model="fake-model", messages=[{"role": "user", "content": "hi"}])
+        return sum("HTTP Request" in rec.getMessage() for rec in caplog.records)
+
+    try:
+        with FakeOpenAIServer() as srv:
+            client = openai.OpenAI(base_url=srv.base_url, api_key="test-key")
+            for name in CHATTY_LOGGERS:
+                logging.getLogger(name).setLevel(logging.NOTSET)
+            assert lines(True) == 1  # hydra.verbose=true: the library's own line is there
+            assert lines(["httpx", "httpx2"]) == 1  # hydra.verbose=[httpx,httpx2]
+            assert lines(False) == 0 and lines(None) == 0
+    finally:
+        for name in CHATTY_LOGGERS:
+            logging.getLogger(name).setLevel(logging.NOTSET)

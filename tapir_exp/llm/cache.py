@@ -1,8 +1,9 @@
 """The persistent oracle cache: one SQLite file (WAL mode), content-addressed by request.
 
-Every answer is committed as soon as it arrives, so a killed run loses at most the requests that were in
-flight. WAL lets several processes of one sweep read and write the same file concurrently; writers wait
-(busy timeout) instead of failing.
+Every answer is committed as soon as it arrives, together with its usage-ledger counts in the same
+transaction (the ``usage`` table of :mod:`tapir_exp.llm.ledger`), so a killed run loses at most the requests
+that were in flight, answers and cost alike. WAL lets several processes of one sweep read and write the same
+file concurrently; writers wait (busy timeout) instead of failing.
 """
 
 from __future__ import annotations
@@ -11,8 +12,11 @@ import json
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from tapir_exp.llm.ledger import UsageDB
 
 
 class OracleCache:
@@ -27,6 +31,7 @@ class OracleCache:
                          "value TEXT NOT NULL, created REAL NOT NULL)")
         self.hits = 0
         self.misses = 0
+        self.usage_db = UsageDB(self._db, self._lock)  # the ledgers of the runs using this cache
 
     def get(self, key: str) -> dict[str, Any] | None:
         with self._lock:
@@ -50,11 +55,21 @@ class OracleCache:
         self.misses += sum(k not in found for k in keys)
         return found
 
-    def put(self, key: str, value: dict[str, Any], backend: str = "", model: str = "") -> None:
+    def put(self, key: str, value: dict[str, Any], backend: str = "", model: str = "",
+            also: Callable[[sqlite3.Connection], None] | None = None) -> None:
+        """Store an answer; ``also(conn)`` (the ledger's counts for it) runs in the same transaction."""
         blob = json.dumps(value, ensure_ascii=False)
         with self._lock:
-            self._db.execute("INSERT OR REPLACE INTO responses (key, backend, model, value, created) "
-                             "VALUES (?, ?, ?, ?, ?)", (key, backend, model, blob, time.time()))
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("INSERT OR REPLACE INTO responses (key, backend, model, value, created) "
+                                 "VALUES (?, ?, ?, ?, ?)", (key, backend, model, blob, time.time()))
+                if also is not None:
+                    also(self._db)
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
 
     def __len__(self) -> int:
         with self._lock:
@@ -66,15 +81,17 @@ class OracleCache:
 
 
 class NoCache:
-    """``oracle.cache.enabled=false``: every request is sent."""
+    """``oracle.cache.enabled=false``: every request is sent (the ledger keeps its own file)."""
 
     hits = misses = 0
+    usage_db = None
 
     def get_many(self, keys: list[str]) -> dict[str, dict[str, Any]]:
         self.misses += len(keys)
         return {}
 
-    def put(self, key: str, value: dict[str, Any], backend: str = "", model: str = "") -> None:
+    def put(self, key: str, value: dict[str, Any], backend: str = "", model: str = "",
+            also: Callable[[sqlite3.Connection], None] | None = None) -> None:
         pass
 
     def close(self) -> None:

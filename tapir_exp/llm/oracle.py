@@ -70,7 +70,7 @@ class Oracle:
         self._rpm, self._tpm = lim.get("requests_per_minute"), lim.get("tokens_per_minute")
         cache_cfg = self.cfg.get("cache") or {}
         self.cache = OracleCache(cache_cfg["path"]) if cache_cfg.get("enabled", True) else NoCache()
-        self.usage = UsageLedger(self.run_dir / "oracle_usage.json" if self.run_dir else None)
+        self.usage = UsageLedger(self.run_dir / "oracle_usage.json" if self.run_dir else None, self.cache.usage_db)
         self.failures_path = self.run_dir / "oracle_failures.jsonl" if self.run_dir else None
         prices = self.cfg.get("prices")
         self.prices: dict[str, dict[str, float]] = (  # type: ignore[assignment]
@@ -193,6 +193,7 @@ class Oracle:
             self._save_usage()
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=5)
+            self.usage.close()
             self.cache.close()
 
     # ------------------------------------------------------------------ internals
@@ -307,7 +308,7 @@ class Oracle:
             retry_after = getattr(error, "retry_after", None)
             delay = (float(retry_after) if retry_after is not None
                      else random.uniform(0, min(self.backoff_max_s, self.backoff_base_s * 2 ** attempt)))
-            self.usage.add(role, step, round, retries=1)
+            self.usage.add(role, step, round, retries=1, requests=1)  # the failed attempt was sent
             log.debug("retry %s after %.2fs: %s", req.id, delay, _describe(error))
             await asyncio.sleep(delay)
             attempt += 1
@@ -315,15 +316,20 @@ class Oracle:
 
     def _accept(self, backend, role, step, round, req, key, res: ChatResult, attempts: int) -> ChatResult:
         res.request_id, res.attempts = req.id, attempts
-        self.cache.put(key, res.to_cache(), backend.name, str(backend.model))
-        self.usage.add(role, step, round, requests=attempts, prompt_tokens=res.prompt_tokens,
-                       completion_tokens=res.completion_tokens, truncated=int(res.finish_reason == "length"),
-                       shortened=int(bool(res.meta.get("shortened"))),
-                       cost_usd=self.estimate_cost(role, res.prompt_tokens, res.completion_tokens))
+        # The answering attempt is counted with its answer, in one transaction when the ledger lives in the
+        # cache file (earlier failed attempts were counted as they failed): the ledger never lags the cache.
+        counts = dict(requests=1, prompt_tokens=res.prompt_tokens, completion_tokens=res.completion_tokens,
+                      truncated=int(res.finish_reason == "length"),
+                      shortened=int(bool(res.meta.get("shortened"))),
+                      cost_usd=self.estimate_cost(role, res.prompt_tokens, res.completion_tokens))
+        shared = self.usage.db is not None and self.usage.db is self.cache.usage_db
+        self.cache.put(key, res.to_cache(), backend.name, str(backend.model),
+                       also=self.usage.sql(role, step, round, **counts) if shared else None)
+        (self.usage.count if shared else self.usage.add)(role, step, round, **counts)
         return res
 
     def _fail(self, role: str, step: str, round: int, req: ChatRequest, error: str, attempts: int) -> ChatResult:
-        self.usage.add(role, step, round, requests=attempts, failures=1)
+        self.usage.add(role, step, round, requests=1, failures=1)  # earlier attempts counted as they failed
         record = {"time": time.time(), "role": role, "step": step, "round": round, "request_id": req.id,
                   "error": error, "attempts": attempts}
         log.warning("oracle request %s failed after %d attempt(s): %s", req.id, attempts, error)

@@ -1,9 +1,10 @@
 """One round of supervised fine-tuning with Lightning: init checkpoint + conversations -> new checkpoint.
 
-Exact resume: a checkpoint (``work_dir/last.ckpt``) is written every ``checkpoint_every_n_steps`` and on
-SIGTERM/SIGUSR1 (SLURM's pre-emption signals); the next call with the same work_dir continues from it,
-skipping the batches of the interrupted epoch that were already trained on, so an interrupted round ends
-with the same number of optimizer steps as an uninterrupted one.
+Exact resume: a checkpoint (``work_dir/last.ckpt``) is written every ``checkpoint_every_n_steps`` and, at
+the end of the current optimizer step, on SIGTERM or submitit's preemption signal (``preemption.py``: the
+ranks agree on the step, then the job's own handler requeues); the next call with the same work_dir
+continues from it, skipping the batches of the interrupted epoch that were already trained on, so an
+interrupted round ends with the same number of optimizer steps as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import json
 import math
 import os
 import shutil
-import signal
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from tapir_exp.distributed import launch_rank
 from tapir_exp.student.data import LengthGroupedBatches, collate, encode, pack
 from tapir_exp.student.models import load_causal_lm, preload_model_class
+from tapir_exp.student.preemption import PreemptionGuard
 from tapir_exp.student.strategies import (
     build_optimizer,
     build_strategy,
@@ -175,11 +176,10 @@ class SFTModule(L.LightningModule):
 
 
 class Checkpointing(L.Callback):
-    """Atomic ``last.ckpt`` every n optimizer steps, and immediately when a stop signal arrived."""
+    """Atomic ``last.ckpt`` every n optimizer steps (on a stop signal: :class:`PreemptionGuard`)."""
 
     def __init__(self, path: Path, every_n_steps: int):
         self.path, self.every = path, max(1, int(every_n_steps))
-        self.signal: int | None = None
 
     def save(self, trainer: L.Trainer) -> None:
         tmp = self.path.with_name(self.path.name + ".tmp")
@@ -191,11 +191,6 @@ class Checkpointing(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         pl_module.record_batch(outputs)
-        if self.signal is not None:
-            self.save(trainer)
-            print(f"tapir: signal {self.signal}: checkpoint saved at step {trainer.global_step}; exiting",
-                  file=sys.stderr, flush=True)
-            sys.exit(128 + self.signal)
         if trainer.global_step and trainer.global_step % self.every == 0 and \
                 getattr(self, "_last", None) != trainer.global_step:
             self._last = trainer.global_step
@@ -204,12 +199,12 @@ class Checkpointing(L.Callback):
 
 def train_round(init_dir: str | Path, conversations: list[list[dict[str, str]]], out_dir: str | Path, *,
                 student_cfg: DictConfig, trainer_cfg: DictConfig, work_dir: str | Path, seed: int,
-                max_epochs: int | None = None) -> TrainSummary:
+                max_epochs: int | None = None, callbacks: list[L.Callback] | None = None) -> TrainSummary:
     """Train, write the HF checkpoint, and give the devices back: when this returns, no trainer, engine, model or
     optimizer of the round is left alive (the next step may start a vLLM worker on the same GPUs)."""
     try:
         return _train_round(init_dir, conversations, out_dir, student_cfg=student_cfg, trainer_cfg=trainer_cfg,
-                            work_dir=work_dir, seed=seed, max_epochs=max_epochs)
+                            work_dir=work_dir, seed=seed, max_epochs=max_epochs, callbacks=callbacks)
     finally:
         # The trainer, the module and the engine reference each other: only a collection frees them, and with
         # them the GPU memory their tensors hold (returned to the driver by empty_cache, so vLLM sees it free).
@@ -220,7 +215,7 @@ def train_round(init_dir: str | Path, conversations: list[list[dict[str, str]]],
 
 def _train_round(init_dir: str | Path, conversations: list[list[dict[str, str]]], out_dir: str | Path, *,
                  student_cfg: DictConfig, trainer_cfg: DictConfig, work_dir: str | Path, seed: int,
-                 max_epochs: int | None) -> TrainSummary:
+                 max_epochs: int | None, callbacks: list[L.Callback] | None) -> TrainSummary:
     from transformers import AutoTokenizer
 
     work_dir = Path(work_dir)
@@ -251,6 +246,7 @@ def _train_round(init_dir: str | Path, conversations: list[list[dict[str, str]]]
         # into this process's module; ZeRO-3 builds it inside its sharding context instead.
         module.configure_model()
     ckpt = Checkpointing(work_dir / CKPT, int(tc.get("checkpoint_every_n_steps", 50)))
+    guard = PreemptionGuard(ckpt.save)  # after ckpt: a signal checkpoint counts its own batch
     resumed_from = _checkpoint_step(work_dir / CKPT)
     if (work_dir / LOSSES).exists() and launch_rank()[0] == 0:
         # Keep the losses of the steps the checkpoint holds; later ones will be trained (and logged) again.
@@ -261,21 +257,12 @@ def _train_round(init_dir: str | Path, conversations: list[list[dict[str, str]]]
                         strategy=build_strategy(trainer_cfg), precision=tc["precision"], max_epochs=epochs,
                         max_steps=int(tc.get("max_steps", -1)), accumulate_grad_batches=accum,
                         gradient_clip_val=tc.get("gradient_clip_val") if deepspeed_stage(trainer_cfg) is None else None,
-                        logger=False, enable_checkpointing=False, callbacks=[ckpt], use_distributed_sampler=False,
+                        logger=False, enable_checkpointing=False, callbacks=[ckpt, guard, *(callbacks or [])],
+                        use_distributed_sampler=False,
                         enable_progress_bar=sys.stderr.isatty(), enable_model_summary=False,
                         default_root_dir=str(work_dir), log_every_n_steps=int(tc.get("log_every_n_steps", 5)))
-    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1)}
-
-    def on_signal(signum, frame):  # checkpoint at the end of the current batch, then exit
-        ckpt.signal = signum
-
-    for s in previous:
-        signal.signal(s, on_signal)
-    try:
+    with guard:
         trainer.fit(module, ckpt_path=str(work_dir / CKPT) if resumed_from is not None else None)
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
     try:
         _save_model(module, tok, Path(out_dir), lora, trainer, trainer_cfg)
     finally:

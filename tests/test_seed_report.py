@@ -1,0 +1,62 @@
+"""Seed-aware comparison on a real multirun of two settings x two seeds (the skills world, shrunk): the
+report's table has one row per setting with the mean over seeds and its 95 % interval, the plots have error
+bars, and the W&B runs of the multirun share a group with the setting as job_type."""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+from scipy.stats import t as student_t
+
+from tapir_exp.report import main as report_main
+from tests.support_pipeline import run_tapir
+from tests.support_wandb import run_info, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def test_two_settings_two_seeds_report_and_wandb_groups(tmp_path):
+    proc = run_tapir(["--multirun", "experiment=skills_tapir", "logger=wandb_offline", "oracle.progress=false",
+                      "curriculum.rounds=1", "curriculum.size=16", "data.generator.n=40", "steps.warmup.size=16",
+                      "steps.warmup.epochs=1", "trainer.max_epochs=1", "steps.expand.per_round=4",
+                      "eval.skills.per_cell=1", "generation.max_new_tokens=4",
+                      "steps.refine.enabled=true,false", "seed=1,2"], tmp_path, timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = sorted(p.parent for p in (tmp_path / "outputs/skills").glob("*/summary.json"))
+    assert len(runs) == 4
+    summaries = {r: json.loads((r / "summary.json").read_text()) for r in runs}
+
+    out = tmp_path / "report"
+    report_main([str(tmp_path / "outputs/skills"), "--out", str(out)])
+    with open(out / "report.csv") as fh:
+        rows = {row["setting"].lower(): row for row in csv.DictReader(fh)}  # Hydra writes True/False
+    assert set(rows) == {"skills/steps.refine.enabled=true", "skills/steps.refine.enabled=false"}
+    for setting, row in rows.items():
+        flag = setting.rsplit("=", 1)[1]
+        mine = [s for s in summaries.values() if s["config"]["steps"]["refine"]["enabled"] == (flag == "true")]
+        assert row["seeds"] == "2" and sorted(s["config"]["seed"] for s in mine) == [1, 2]
+        for key, field in (("train/final_loss", ("train", "final_loss")), ("oracle/requests", ("oracle", "requests"))):
+            values = [s["rounds"][-1][field[0]][field[1]] for s in mine]
+            assert float(row[key]) == pytest.approx(statistics.fmean(values))
+            half = student_t.ppf(0.975, 1) * statistics.stdev(values) / 2 ** 0.5
+            assert float(row[f"{key} ci95"]) == pytest.approx(half)
+    md = (out / "report.md").read_text()
+    assert "| skills/steps.refine.enabled=true | 2 | 1 |" in md.lower() and " ± " in md
+    with open(out / "runs.csv") as fh:
+        assert len(list(csv.DictReader(fh))) == 4  # every run on its own too
+    assert (out / "train_final_loss.png").stat().st_size > 10_000
+
+    infos = {r: wait_for(lambda r=r: run_info(r), bool)[0] for r in runs}
+    assert len({i["group"] for i in infos.values()}) == 1 and len({i["id"] for i in infos.values()}) == 4
+    by_setting: dict[bool, set[str]] = {}
+    for r, info in infos.items():
+        s = summaries[r]["config"]
+        by_setting.setdefault(s["steps"]["refine"]["enabled"], set()).add(info["job_type"])
+        assert f"seed={s['seed']}" in info["tags"]
+    # seeds of one setting share a job_type, the two settings have different ones
+    assert all(len(v) == 1 for v in by_setting.values()) and len(set.union(*by_setting.values())) == 2
+    assert Path(out / "report.md").read_text().count("\n| skills/") >= 2
