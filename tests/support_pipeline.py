@@ -40,10 +40,21 @@ def rating_for(answer: str) -> int:
     return max(1, min(9, score))
 
 
-def _rating_reply(score: int) -> dict:
+def _peaked(score: int) -> dict[str, float]:
     # A peaked distribution around the score, as a judge's top log-probabilities would look.
-    top = {str(score): math.log(0.8), str(max(1, score - 1)): math.log(0.15), str(min(10, score + 1)): math.log(0.05)}
-    return {"text": f"[[{score}]]", "top_logprobs": [{"[[": -0.01}, top, {"]]": -0.01}]}
+    return {str(score): math.log(0.8), str(max(1, score - 1)): math.log(0.15), str(min(10, score + 1)): math.log(0.05)}
+
+
+def _rating_reply(score: int) -> dict:
+    return {"text": f"[[{score}]]", "top_logprobs": [{"[[": -0.01}, _peaked(score), {"]]": -0.01}]}
+
+
+def _pair_reply(a: int, b: int, justify: bool) -> dict:
+    """``[[a, b]]`` with log-probabilities at both rating positions; a justification first when asked for one."""
+    if justify:
+        return {"text": f"Assistant 1 is {'more' if a > b else 'no more'} complete than Assistant 2.\n[[{a}, {b}]]"}
+    return {"text": f"[[{a}, {b}]]",
+            "top_logprobs": [{"[[": -0.01}, _peaked(a), {",": -0.01}, _peaked(b), {"]]": -0.01}]}
 
 
 def responder(body: dict) -> str | dict:
@@ -52,7 +63,8 @@ def responder(body: dict) -> str | dict:
         target = "Assistant 1" if "grade only Assistant 1" in prompt else "Assistant 2"
         return _rating_reply(rating_for(_section(prompt, target)))
     if "Score each assistant" in prompt:
-        return f"[[{rating_for(_section(prompt, 'Assistant 1'))}, {rating_for(_section(prompt, 'Assistant 2'))}]]"
+        return _pair_reply(rating_for(_section(prompt, "Assistant 1")), rating_for(_section(prompt, "Assistant 2")),
+                           justify="justify" in prompt)
     if "Assign the instruction below" in prompt:
         instr = _section(prompt, "Instruction").lower()
         for key, label in KEYWORDS:
