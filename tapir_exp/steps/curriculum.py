@@ -82,7 +82,9 @@ def build_mix(hard: list[Example], easy: list[Example], *, alpha: float | None, 
         everything = hard + easy
         mix = resample(everything, ratios, size, rng)
         hard_ids = {ex.id for ex in hard}
-        n_hard = sum(1 for ex in mix if ex.meta.get("repeat_of", ex.id) in hard_ids)
+        for ex in mix:
+            ex.meta["mix_part"] = "hard" if ex.meta.get("repeat_of", ex.id) in hard_ids else "easy"
+        n_hard = sum(1 for ex in mix if ex.meta["mix_part"] == "hard")
         return mix, {"alpha_target": None, "alpha_actual": round_(n_hard / max(1, len(mix))), "hard": n_hard,
                      "easy": len(mix) - n_hard}
     if mode != "curriculum":
@@ -96,6 +98,9 @@ def build_mix(hard: list[Example], easy: list[Example], *, alpha: float | None, 
         n_hard = size - n_easy
     hard_part = resample(hard, ratios, n_hard, rng)
     easy_part = resample(easy, ratios, n_easy, rng)
+    for part, items in (("hard", hard_part), ("easy", easy_part)):
+        for ex in items:  # which part of the round each trained item came from (artifacts, tests)
+            ex.meta["mix_part"] = part
     mix = hard_part + easy_part
     rng.shuffle(mix)
     return mix, {"alpha_target": alpha, "alpha_actual": round_(len(hard_part) / max(1, len(mix))),

@@ -105,4 +105,4 @@ def expand_hard_seeds(hard: list[Example], pool: list[Example], oracle: Any, *, 
     new = [ex for t in sorted(accepted) for ex in accepted[t]]
     return new, {"wanted": sum(wanted.values()), "accepted": len(new), "requests": requests_sent,
                  "rejected_duplicate": rejected["duplicate"], "rejected_invalid": rejected["invalid"],
-                 "by_task": {t: len(v) for t, v in accepted.items()}}
+                 "wanted_by_task": wanted, "by_task": {t: len(v) for t, v in accepted.items()}}
