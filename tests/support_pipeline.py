@@ -2,7 +2,7 @@
 (very predictable) strong model would, served over real HTTP by tapir_exp.testing.openai_server.
 
 It recognises each role by the prompt files' wording, so it stays in step with tapir_exp/prompts/*.txt:
-teacher answers are long and end with an 'Answer:' line; the judge rates an answer by its length (students
+teacher answers are long and end with an 'Answer:' line (a third of them are terse); the judge rates an answer by its length (students
 that write little score low, so MFD is real and positive early on); the classifier labels by keywords.
 """
 
@@ -89,6 +89,8 @@ def responder(body: dict) -> str | dict:
     if "[[" in prompt or "judge" in prompt.lower() or "impartial" in prompt.lower():
         # Evaluation judges: a rating or a preference token. Both parse from "[[n]]"/"m"-style answers.
         return _rating_reply(5)
+    if _h(prompt) % 3 == 0:  # a terse teacher answer: the student can match it, so some items are easy
+        return "Brief reply."
     instr = prompt.strip().splitlines()[0][:60]
     return (f"Here is a careful answer to '{instr}'. First consider what is asked, then work through it "
             f"step by step.\nAnswer: {_h(prompt) % 1000}")

@@ -64,7 +64,7 @@ def test_every_step_leaves_its_artifact(reference_run):
             assert (r, step) in steps, (r, step)
 
     teacher = read_jsonl(run_dir / "round_0" / "teacher.jsonl")
-    assert len(teacher) == 24 and all(ex["output"].startswith("Here is a careful answer") for ex in teacher)
+    assert len(teacher) == 24 and all(ex["output"].startswith(("Here is a careful answer", "Brief reply.")) for ex in teacher)
     labelled = read_jsonl(run_dir / "round_0" / "classify.jsonl")
     assert {ex["task"] for ex in labelled} <= set(__import__("yaml").safe_load(
         (Path(__file__).resolve().parents[1] / "conf/tasks/tapir.yaml").read_text())["labels"])
@@ -79,8 +79,8 @@ def test_every_step_leaves_its_artifact(reference_run):
         assert {o["method"] for o in j["orders"].values()} == {"logprob"}
         assert ex["meta"]["mfd"] == pytest.approx(j["teacher"] - j["student"])
         assert ex["meta"]["hard"] == (ex["meta"]["mfd"] >= 1.0)
-    # the tiny student writes short answers; the teacher's are long: it is hard on most items
-    assert sum(ex["meta"]["hard"] for ex in mfd) > len(mfd) / 2
+    # the tiny student writes short answers; the teacher's are mostly long: it is hard on most items, not all
+    assert len(mfd) / 2 < sum(ex["meta"]["hard"] for ex in mfd) < len(mfd)
 
     expanded = read_jsonl(run_dir / "round_1" / "expand.jsonl")
     assert expanded and all(ex["source"] == "expanded" and ex["output"] for ex in expanded)
