@@ -72,7 +72,7 @@ def _answers(ex: Example, order: str) -> tuple[str, str]:
 
 
 def judge_mfd(examples: list[Example], oracle: Any, *, delta: float, both_orders: bool = True,
-              scoring: str | None = None, fmt: str = "pair", compare: str = "ge", justification_tokens: int = 0,
+              scoring: str | None = None, fmt: str = "single", compare: str = "gt", justification_tokens: int = 0,
               step: str = "mfd", round: int = 0,
               failure_budget: float | None = None) -> tuple[list[Example], dict[str, Any]]:
     """Score every example; writes ``meta['judge']`` (scores per order, order disagreement, parse
