@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import random
 import re
 import socket
 import subprocess
@@ -20,6 +21,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 TAPIR = [sys.executable, "-m", "tapir_exp.cli"]
 
+VOCAB = ["amber", "basil", "cedar", "delta", "ember", "fjord", "garnet", "harbor", "indigo", "jasper", "kelp", "lotus",
+         "maple", "nectar", "onyx", "pepper", "quartz", "raven", "sierra", "tulip", "umber", "violet", "willow",
+         "xenon", "yarrow", "zephyr"]
 KEYWORDS = [("python", "Code Generation"), ("function", "Code Generation"), ("bug", "Code Debug"),
             ("fix", "Code Debug"), ("calculate", "Math"), ("how many", "Math"), ("+", "Math"),
             ("if ", "Reasoning"), ("translate", "Multilingual"), ("poem", "Writing"), ("story", "Writing")]
@@ -75,8 +79,9 @@ def responder(body: dict) -> str | dict:
         n = int(re.search(r"Write (\d+) new", prompt).group(1))
         seed = body.get("seed") or 0
         topic = re.search(r'category "([^"]+)"', prompt).group(1)
-        return "\n".join(f"{i + 1}. Solve this fresh {topic} exercise number {_h(prompt) % 997}-{seed}-{i} "
-                         f"and explain every step carefully." for i in range(n))
+        # distinct enough not to be near-duplicates of each other (ROUGE-L below 0.7 between two of them)
+        return "\n".join(f"{i + 1}. Write a {topic} exercise on "
+                         f"{' '.join(random.Random(f'{prompt}/{seed}/{i}').sample(VOCAB, 14))}." for i in range(n))
     if "solves the task step by step" in prompt:
         return f"Step 1: read the task.\nStep 2: work it out.\nAnswer: {_h(prompt) % 100}"
     if "as working code" in prompt:
