@@ -202,6 +202,7 @@ RULES: tuple[Rule, ...] = (
     Rule("steps.mfd.selection", choice("mfd", "random")),
     Rule("steps.mfd.max_items", optional_count),
     Rule("steps.mfd.compare", choice("gt", "ge"), required=False),
+    Rule("steps.mfd.justification_tokens", integer(0), required=False),
     Rule("steps.classify.method", choice("oracle", "distill", "given")),
     Rule("steps.classify.sample_size", count),
     Rule("steps.classify.holdout_fraction", number(0, 1, hi_open=True)),
@@ -212,6 +213,7 @@ RULES: tuple[Rule, ...] = (
     Rule("steps.expand.rouge_l_threshold", number(0, 1, lo_open=True)),
     Rule("steps.expand.max_attempts_factor", count),
     Rule("steps.expand.verify", boolean(), required=False),
+    Rule("steps.expand.measure", boolean(), required=False),
     Rule("steps.refine.enabled", boolean()),
     Rule("steps.refine.styles", null_or(mapping_of(choice_of(_refine_styles)))),
     Rule("steps.refine.default_style", null_or(choice_of(_refine_styles))),
@@ -238,6 +240,7 @@ RULES: tuple[Rule, ...] = (
     Rule("curriculum.alphas", list_of(fraction, min_len=1), when=lambda c: _get(c, "curriculum.schedule") == "list"),
     Rule("curriculum.size", one_of(null_or(count), list_of(count, min_len=1))),
     Rule("curriculum.mix", choice("curriculum", "all")),
+    Rule("curriculum.single_round", boolean(), required=False),
     # -- student
     Rule("student.init", target()),
     Rule("student.chat_template", null_or(choice_of(_chat_templates))),

@@ -3,7 +3,8 @@
     seed pool -> teacher answers -> task labels -> warm-up training -> student_0
     for r in 1..R:
         student_{r-1} answers the pool -> judge both orders -> MFD -> hard / easy (or random, ablation)
-        -> expand hard seeds per task -> mix (alpha_r, size_r, balanced to task ratios)
+        -> expand hard seeds per task (optionally verified hard by the student and the judge)
+        -> mix (alpha_r, size_r, balanced to task ratios)
         -> refine in task style -> D_r -> train student_{r-1} on D_r -> student_r -> eval -> log
 
 Every step goes through the RunStore: its artifact is loaded instead of recomputed when its signature
@@ -35,9 +36,6 @@ from tapir_exp.summary import RunSummary, print_round
 
 log = logging.getLogger("tapir")
 
-MFD_FORMAT_DEFAULT = "single"
-
-
 def fresh(records: list[Example]) -> list[Example]:
     """Independent copies, so that one step's in-place edits never leak into another step's input."""
     return [Example.from_dict(ex.to_dict()) for ex in records]
@@ -66,7 +64,10 @@ class Pipeline:
         self.seed = int(cfg.seed)
         self.steps = cfg.steps
         self.budget = float(cfg.steps.failure_budget)
-        self.ratios = to_container(cfg.tasks.ratios) if cfg.tasks.get("ratios") is not None else None
+        ratios = to_container(cfg.tasks.ratios) if cfg.tasks.get("ratios") is not None else None
+        # Task ratios reach the mix and the expansion counts only while balancing is on (ablation no_balance:
+        # no ratios anywhere).
+        self.ratios = ratios if cfg.steps.balance.enabled else None
         self.labels = list(cfg.tasks.labels)
         self.summary = RunSummary(self.run_dir, cfg, readonly=not self.leader)
         self._oracle = None
@@ -194,7 +195,7 @@ class Pipeline:
 
     def evaluate(self, r: int, model_dir: Path) -> dict[str, float]:
         ev = self.cfg.eval
-        if not ev.get("every_round", True) and r != int(self.cfg.curriculum.rounds):
+        if not ev.get("every_round", True) and r != curriculum.rounds_to_run(self.cfg.curriculum):
             return {}
         judged_suites = bool(ev.alpaca_eval.enabled or ev.mt_bench.enabled)
         skills = bool((ev.get("skills") or {}).get("enabled", False))
@@ -234,19 +235,12 @@ class Pipeline:
             lambda: respond.student_answers(self._judged_subset(fresh(pool), r), self.generator, student_dir))
         self._note(r, "student_answers", answers)
 
-        m = steps.mfd
         judged = self.store.run_records_step(
-            "mfd", r, {"delta": m.delta, "both_orders": m.both_orders, "scoring": m.scoring,
-                       "format": m.get("format", MFD_FORMAT_DEFAULT),
-                       "oracle": role_signature(cfg.oracle, "judge")},
-            {"answers": answers.entry.artifact_hash},
-            lambda: judge.judge_mfd(fresh(answers.records), self.oracle, delta=float(m.delta),
-                                    both_orders=bool(m.both_orders), scoring=m.scoring,
-                                    fmt=m.get("format", MFD_FORMAT_DEFAULT), step="mfd", round=r,
-                                    failure_budget=self.budget))
+            "mfd", r, self._mfd_signature(), {"answers": answers.entry.artifact_hash},
+            lambda: self._judge(fresh(answers.records), "mfd", r))
         self._note(r, "mfd", judged)
 
-        hard, easy = self.select(judged.records, r)
+        hard, easy = self.select(judged, r)
         by_task_hard = Counter(ex.task or "Others" for ex in hard)  # what was selected as "hard"
         # what MFD finds hard, per task, whatever the selection (random selection ablates only the choice)
         judged_by_task = Counter(ex.task or "Others" for ex in judged.records)
@@ -263,15 +257,16 @@ class Pipeline:
             new_items = expanded.records
         else:
             new_items = []
+        new_hard, new_easy, expanded_hard_fraction = self.check_expanded(new_items, student_dir, r)
 
-        ratios = self.ratios if steps.balance.enabled else None
-        alpha = curriculum.alpha_for_round(cfg.curriculum, r)
-        hard_candidates = hard + new_items
-        size = curriculum.size_for_round(cfg.curriculum, r, len(hard_candidates) + len(easy))
+        ratios = self.ratios
+        hard_candidates = hard + new_hard
+        easy = easy + new_easy
+        alpha, size, mode = curriculum.round_plan(cfg.curriculum, r, len(hard_candidates) + len(easy))
 
         def mix():
             items, counts = curriculum.build_mix(
-                fresh(hard_candidates), fresh(easy), alpha=alpha, size=size, mode=cfg.curriculum.get("mix", "curriculum"),
+                fresh(hard_candidates), fresh(easy), alpha=alpha, size=size, mode=mode,
                 resample=balance.resample, ratios=ratios, seed=self.seed, round=r)
             counts["task_mix_before"] = balance.distribution(hard_candidates + easy)
             counts["task_mix_after"] = balance.distribution(items)
@@ -296,7 +291,7 @@ class Pipeline:
         self.summary.update(
             r, pool_size=len(pool), judged=len(judged.records), hard_count=len(hard),
             hard_fraction=round(len(hard) / max(1, len(judged.records)), 4), alpha=alpha, round_size=len(dataset.records),
-            expanded=len(new_items), task_mix_before=mixed.entry.counts.get("task_mix_before"),
+            expanded=len(new_items), expanded_hard_fraction=expanded_hard_fraction, task_mix_before=mixed.entry.counts.get("task_mix_before"),
             task_mix_after=mixed.entry.counts.get("task_mix_after"), mfd=[round(x, 3) for x in mfds],
             hard_by_task=dict(by_task_hard), judged_by_task=dict(judged_by_task),
             mfd_hard_by_task=dict(mfd_hard_by_task), mean_mfd=round(sum(mfds) / len(mfds), 4) if mfds else None,
@@ -313,18 +308,67 @@ class Pipeline:
             return pool
         return random.Random(f"{self.seed}/judge/{r}").sample(pool, int(cap))
 
-    def select(self, judged: list[Example], r: int) -> tuple[list[Example], list[Example]]:
-        """Hard/easy split: by MFD (TAPIR), or a random subset of the same size (ablation)."""
-        hard = [ex for ex in judged if ex.meta.get("hard")]
-        if self.steps.mfd.selection == "random":
-            chosen = set(random.Random(f"{self.seed}/random-select/{r}").sample(range(len(judged)), len(hard)))
-            hard = [ex for i, ex in enumerate(judged) if i in chosen]
-        elif self.steps.mfd.selection != "mfd":
+    def _mfd_signature(self) -> dict[str, Any]:
+        m = self.steps.mfd
+        return {"delta": m.delta, "compare": m.compare, "both_orders": m.both_orders, "scoring": m.scoring,
+                "format": m.format, "justification_tokens": m.get("justification_tokens"),
+                "oracle": role_signature(self.cfg.oracle, "judge")}
+
+    def _judge(self, answered: list[Example], step: str, r: int):
+        m = self.steps.mfd
+        return judge.judge_mfd(answered, self.oracle, delta=float(m.delta), compare=str(m.compare),
+                               both_orders=bool(m.both_orders), scoring=m.scoring, fmt=str(m.format),
+                               justification_tokens=int(m.get("justification_tokens") or 0), step=step, round=r,
+                               failure_budget=self.budget)
+
+    def select(self, judged: StepResult, r: int) -> tuple[list[Example], list[Example]]:
+        """Hard/easy split: by MFD (TAPIR), or a random subset of the same size (ablation). The chosen ids are
+        an artifact of their own (``round_<r>/select.json``)."""
+        selection = self.steps.mfd.selection
+        if selection not in ("mfd", "random"):
             from tapir_exp.errors import ConfigError
 
-            raise ConfigError("steps.mfd.selection", f"expected mfd or random, got {self.steps.mfd.selection!r}")
-        ids = {ex.id for ex in hard}
-        return hard, [ex for ex in judged if ex.id not in ids]
+            raise ConfigError("steps.mfd.selection", f"expected mfd or random, got {selection!r}")
+        records = judged.records
+
+        def choose() -> dict[str, Any]:
+            hard = [ex.id for ex in records if ex.meta.get("hard")]
+            if selection == "random":
+                picked = random.Random(f"{self.seed}/random-select/{r}").sample(range(len(records)), len(hard))
+                hard = [records[i].id for i in sorted(picked)]
+            return {"selection": selection, "hard": hard}
+
+        doc, entry, _ = self.store.run_json_step("select", r, {"selection": selection, "seed": self.seed},
+                                                 {"mfd": judged.entry.artifact_hash}, choose)
+        self.summary.add_seconds(r, "select", entry.seconds)
+        ids = set(doc["hard"])
+        return [ex for ex in records if ex.id in ids], [ex for ex in records if ex.id not in ids]
+
+    def check_expanded(self, new_items: list[Example], student_dir: Path,
+                       r: int) -> tuple[list[Example], list[Example], float | None]:
+        """How hard the new instructions are for the current student (``steps.expand.verify`` / ``measure``):
+        the student answers them and the judge scores them like the pool. With ``verify`` only those past
+        delta join the hard part (the rest the easy part); otherwise all of them count as hard. Returns
+        (hard part, easy part, fraction hard or None when not measured)."""
+        e = self.steps.expand
+        verify = bool(e.get("verify", False))
+        if not new_items or not (verify or e.get("measure", False)):
+            return new_items, [], None
+
+        def answer_and_judge():
+            answered, a_counts = respond.student_answers(fresh(new_items), self.generator, student_dir)
+            judged, j_counts = self._judge(answered, "expand_mfd", r)
+            return judged, {**a_counts, **j_counts}
+
+        checked = self.store.run_records_step(
+            "expand_mfd", r, {"generation": to_container(self.cfg.generation), "mfd": self._mfd_signature()},
+            {"expanded": records_hash(new_items), "student": self._hash_of(student_dir)}, answer_and_judge)
+        self._note(r, "expand_mfd", checked)
+        hard = [ex for ex in checked.records if ex.meta.get("hard")]
+        fraction = round(len(hard) / len(checked.records), 4)
+        if not verify:
+            return checked.records, [], fraction
+        return hard, [ex for ex in checked.records if not ex.meta.get("hard")], fraction
 
     def _expand(self, hard: list[Example], pool: list[Example], r: int):
         e = self.steps.expand
@@ -383,14 +427,15 @@ def run_pipeline(cfg: DictConfig, run_dir: Path, tracker: Any) -> dict[str, Any]
         student = p.warmup(pool)
         p.evaluate(0, student)
         p.finish_round(0, t0)
-        for r in range(1, int(cfg.curriculum.rounds) + 1):
+        rounds = curriculum.rounds_to_run(cfg.curriculum)
+        for r in range(1, rounds + 1):
             t0 = time.time()
             student, pool = p.run_round(r, pool, student)
             p.evaluate(r, student)
             p.finish_round(r, t0)
         if p.leader:
             _link_final(student, p.store.root / "final_student")
-        metrics = p.summary.flat_metrics(int(cfg.curriculum.rounds))
+        metrics = p.summary.flat_metrics(rounds)
         objective_key = cfg.get("objective", "alpaca_eval/lc_win_rate")
         print(f"tapir: done. Run directory: {run_dir}  (final student: {student})")
         return {"metrics": metrics, "objective": metrics.get(objective_key), "run_dir": str(run_dir)}

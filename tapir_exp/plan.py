@@ -20,6 +20,7 @@ from tapir_exp.config import to_container
 from tapir_exp.data import load_pool
 from tapir_exp.eval.runner import item_limit
 from tapir_exp.prompts import load_prompt
+from tapir_exp.steps.curriculum import round_plan, rounds_to_run
 from tapir_exp.steps.expand import PER_REQUEST
 from tapir_exp.store import atomic_write_json, atomic_write_text
 
@@ -44,7 +45,7 @@ def estimate(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, An
     use_given = bool(cfg.data.get("use_given_responses", False))
     roles = to_container(cfg.oracle.roles)
     steps, cur = cfg.steps, cfg.curriculum
-    rounds = int(cur.rounds)
+    rounds = rounds_to_run(cur)
 
     def max_tok(role: str) -> float:
         return float(roles[role].get("max_tokens") or 256)
@@ -73,15 +74,23 @@ def estimate(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, An
     add("classifier", "classify", 0, n_cls, classify_prompt, min(max_tok("classifier"), 8))
 
     judge_scoring = steps.mfd.scoring
-    fmt = steps.mfd.get("format", "single")
+    fmt = steps.mfd.format
     orders = 2 if steps.mfd.both_orders else 1
+    # pair: one request per order shows both answers (Lion); single: one request per answer per order
     per_item = orders * (2 if fmt == "single" else 1)
-    judge_prompt = _template_tokens(f"judge_{fmt}") + instr_tok + 2 * answer_tok
-    judge_completion = 1 if (judge_scoring == "logprob" and fmt == "single") else min(max_tok("judge"), 12)
+    by_logprob = judge_scoring == "logprob"  # assumes the backend returns logprobs (API, vLLM, local)
+    if fmt == "single":
+        judge_prompt = _template_tokens("judge_single") + instr_tok + 2 * answer_tok
+        judge_completion = 1 if by_logprob else min(max_tok("judge"), 12)
+    else:  # "[[a, b]]" alone under logprob scoring; a justification first otherwise
+        judge_prompt = _template_tokens("judge_pair_scores" if by_logprob else "judge_pair") + instr_tok + 2 * answer_tok
+        judge_completion = (min(max_tok("judge"), 8) if by_logprob
+                            else max(max_tok("judge"), float(steps.mfd.get("justification_tokens") or 0)))
     ratios = to_container(cfg.tasks.ratios) if cfg.tasks.get("ratios") is not None else None
     styles = to_container(steps.refine.styles) or {}
     styled = _styled_fraction(pool, ratios if steps.balance.enabled else None, styles, steps.refine.get("default_style"))
     per_round = int(steps.expand.per_round) if steps.expand.enabled else 0
+    check_expanded = per_round and (steps.expand.get("verify") or steps.expand.get("measure"))
     for r in range(1, rounds + 1):
         pool_r = n + (r - 1) * per_round
         judged = min(pool_r, int(steps.mfd.max_items)) if steps.mfd.get("max_items") is not None else pool_r
@@ -91,8 +100,9 @@ def estimate(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, An
             add("expander", "expand", r, expand_requests,
                 _template_tokens("expand") + int(steps.expand.shots) * instr_tok, max_tok("expander"))
             add("teacher", "expand_teacher", r, per_round, instr_tok, answer_tok)
-        size = cur.get("size")
-        size_r = (pool_r + per_round) if size is None else int(size if isinstance(size, int | float) else list(size)[r - 1])
+        if check_expanded:
+            add("judge", "expand_mfd", r, per_round * per_item, judge_prompt, judge_completion)
+        size_r = round_plan(cur, r, pool_r + per_round)[1]
         if steps.refine.enabled:
             add("refiner", "refine", r, size_r * styled, _template_tokens("refine_stepwise") + instr_tok + answer_tok,
                 max_tok("refiner"))

@@ -52,7 +52,7 @@ class RunSummary:
         """One round record of summary.json as flat ``group/key`` scalars (also read by tapir-report)."""
         out: dict[str, float] = {}
         for key in ("pool_size", "judged", "hard_count", "hard_fraction", "alpha", "round_size", "expanded",
-                    "mean_mfd", "refined", "student_prompts_shortened", "wall_seconds"):
+                    "expanded_hard_fraction", "mean_mfd", "refined", "student_prompts_shortened", "wall_seconds"):
             if isinstance(rec.get(key), int | float):
                 out[f"round/{key}"] = rec[key]
         for key, val in (rec.get("train") or {}).items():
@@ -103,8 +103,9 @@ def print_round(rec: dict[str, Any]) -> None:
     if r > 0:
         t.add_row("pool / judged / hard", f"{rec.get('pool_size')} / {rec.get('judged')} / {rec.get('hard_count')}"
                   f" ({100 * (rec.get('hard_fraction') or 0):.0f}%)")
+        hard_new = rec.get("expanded_hard_fraction")
         t.add_row("round size (alpha)", f"{rec.get('round_size')} (alpha {rec.get('alpha')})  expanded {rec.get('expanded')}"
-                  f"  refined {rec.get('refined')}")
+                  + (f" ({100 * hard_new:.0f}% hard)" if hard_new is not None else "") + f"  refined {rec.get('refined')}")
         t.add_row("mean MFD", str(rec.get("mean_mfd")))
         t.add_row("task mix before", _top(rec.get("task_mix_before")))
         t.add_row("task mix after", _top(rec.get("task_mix_after")))

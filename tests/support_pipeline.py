@@ -2,7 +2,7 @@
 (very predictable) strong model would, served over real HTTP by tapir_exp.testing.openai_server.
 
 It recognises each role by the prompt files' wording, so it stays in step with tapir_exp/prompts/*.txt:
-teacher answers are long and end with an 'Answer:' line; the judge rates an answer by its length (students
+teacher answers are long and end with an 'Answer:' line (a third of them are terse); the judge rates an answer by its length (students
 that write little score low, so MFD is real and positive early on); the classifier labels by keywords.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import random
 import re
 import socket
 import subprocess
@@ -20,6 +21,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 TAPIR = [sys.executable, "-m", "tapir_exp.cli"]
 
+VOCAB = ["amber", "basil", "cedar", "delta", "ember", "fjord", "garnet", "harbor", "indigo", "jasper", "kelp", "lotus",
+         "maple", "nectar", "onyx", "pepper", "quartz", "raven", "sierra", "tulip", "umber", "violet", "willow",
+         "xenon", "yarrow", "zephyr"]
 KEYWORDS = [("python", "Code Generation"), ("function", "Code Generation"), ("bug", "Code Debug"),
             ("fix", "Code Debug"), ("calculate", "Math"), ("how many", "Math"), ("+", "Math"),
             ("if ", "Reasoning"), ("translate", "Multilingual"), ("poem", "Writing"), ("story", "Writing")]
@@ -40,10 +44,21 @@ def rating_for(answer: str) -> int:
     return max(1, min(9, score))
 
 
-def _rating_reply(score: int) -> dict:
+def _peaked(score: int) -> dict[str, float]:
     # A peaked distribution around the score, as a judge's top log-probabilities would look.
-    top = {str(score): math.log(0.8), str(max(1, score - 1)): math.log(0.15), str(min(10, score + 1)): math.log(0.05)}
-    return {"text": f"[[{score}]]", "top_logprobs": [{"[[": -0.01}, top, {"]]": -0.01}]}
+    return {str(score): math.log(0.8), str(max(1, score - 1)): math.log(0.15), str(min(10, score + 1)): math.log(0.05)}
+
+
+def _rating_reply(score: int) -> dict:
+    return {"text": f"[[{score}]]", "top_logprobs": [{"[[": -0.01}, _peaked(score), {"]]": -0.01}]}
+
+
+def _pair_reply(a: int, b: int, justify: bool) -> dict:
+    """``[[a, b]]`` with log-probabilities at both rating positions; a justification first when asked for one."""
+    if justify:
+        return {"text": f"Assistant 1 is {'more' if a > b else 'no more'} complete than Assistant 2.\n[[{a}, {b}]]"}
+    return {"text": f"[[{a}, {b}]]",
+            "top_logprobs": [{"[[": -0.01}, _peaked(a), {",": -0.01}, _peaked(b), {"]]": -0.01}]}
 
 
 def responder(body: dict) -> str | dict:
@@ -52,7 +67,8 @@ def responder(body: dict) -> str | dict:
         target = "Assistant 1" if "grade only Assistant 1" in prompt else "Assistant 2"
         return _rating_reply(rating_for(_section(prompt, target)))
     if "Score each assistant" in prompt:
-        return f"[[{rating_for(_section(prompt, 'Assistant 1'))}, {rating_for(_section(prompt, 'Assistant 2'))}]]"
+        return _pair_reply(rating_for(_section(prompt, "Assistant 1")), rating_for(_section(prompt, "Assistant 2")),
+                           justify="justify" in prompt)
     if "Assign the instruction below" in prompt:
         instr = _section(prompt, "Instruction").lower()
         for key, label in KEYWORDS:
@@ -63,8 +79,9 @@ def responder(body: dict) -> str | dict:
         n = int(re.search(r"Write (\d+) new", prompt).group(1))
         seed = body.get("seed") or 0
         topic = re.search(r'category "([^"]+)"', prompt).group(1)
-        return "\n".join(f"{i + 1}. Solve this fresh {topic} exercise number {_h(prompt) % 997}-{seed}-{i} "
-                         f"and explain every step carefully." for i in range(n))
+        # distinct enough not to be near-duplicates of each other (ROUGE-L below 0.7 between two of them)
+        return "\n".join(f"{i + 1}. Write a {topic} exercise on "
+                         f"{' '.join(random.Random(f'{prompt}/{seed}/{i}').sample(VOCAB, 14))}." for i in range(n))
     if "solves the task step by step" in prompt:
         return f"Step 1: read the task.\nStep 2: work it out.\nAnswer: {_h(prompt) % 100}"
     if "as working code" in prompt:
@@ -77,6 +94,8 @@ def responder(body: dict) -> str | dict:
     if "[[" in prompt or "judge" in prompt.lower() or "impartial" in prompt.lower():
         # Evaluation judges: a rating or a preference token. Both parse from "[[n]]"/"m"-style answers.
         return _rating_reply(5)
+    if _h(prompt) % 3 == 0:  # a terse teacher answer: the student can match it, so some items are easy
+        return "Brief reply."
     instr = prompt.strip().splitlines()[0][:60]
     return (f"Here is a careful answer to '{instr}'. First consider what is asked, then work through it "
             f"step by step.\nAnswer: {_h(prompt) % 1000}")

@@ -147,6 +147,11 @@ def test_reduced_skills_run_end_to_end(tmp_path):
     rounds = summary["rounds"]
     assert len(rounds) == 3 and all("skills/accuracy" in r["eval"] for r in rounds)
     assert rounds[1]["hard_count"] > 0 and rounds[1]["expanded"] > 0
+    # expanded instructions are judged like the pool (steps.expand.measure) and the hard fraction reported
+    checked = [json.loads(line) for line in (next((tmp_path / "outputs/skills").glob("*/round_1/expand_mfd.jsonl"))
+                                             .read_text().splitlines())]
+    assert len(checked) == rounds[1]["expanded"]
+    assert rounds[1]["expanded_hard_fraction"] == pytest.approx(sum(ex["meta"]["hard"] for ex in checked) / len(checked))
     assert set(rounds[1]["hard_by_task"]) <= set(world.TASKS)
     # the mechanisms, checked on the run's own artifacts (not on who wins)
     run = next((tmp_path / "outputs/skills").glob("*/summary.json")).parent

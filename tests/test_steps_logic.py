@@ -48,10 +48,14 @@ def test_resample_downsamples_without_replacement_and_repeats_when_short():
     assert len({ex.id for ex in math}) == 10  # repeats get distinct ids
 
 
-def test_resample_without_ratios_is_a_plain_sample():
-    items = make(10, "A") + make(10, "B")
-    out = balance.resample(items, None, 5, random.Random(1))
-    assert len(out) == 5 and len({ex.id for ex in out}) == 5
+def test_resample_without_ratios_keeps_the_sets_own_task_distribution():
+    """Balancing off: a proportional draw (within rounding), never the target ratios, no repeats when enough."""
+    items = make(30, "A") + make(10, "B") + make(20, "C")
+    out = balance.resample(items, None, 12, random.Random(1))
+    assert Counter(ex.task for ex in out) == {"A": 6, "B": 2, "C": 4}
+    assert len({ex.id for ex in out}) == 12
+    out = balance.resample(items, None, 7, random.Random(1))  # 3.5 / 1.17 / 2.33 -> 4 / 1 / 2
+    assert Counter(ex.task for ex in out) == {"A": 4, "B": 1, "C": 2}
 
 
 def test_distribution_counts_labels():
@@ -109,6 +113,25 @@ def test_build_mix_all_mode_uses_everything():
     assert sorted(ex.id for ex in mix) == sorted(ex.id for ex in hard + easy)
 
 
+def test_single_round_trains_the_whole_schedules_budget_in_one_round():
+    cur = {"rounds": 3, "schedule": "linear", "alpha_start": 0.2, "alpha_end": 0.8, "size": 10, "mix": "curriculum"}
+    assert curriculum.rounds_to_run(cur) == 3
+    assert curriculum.round_plan(cur, 2, 100) == (pytest.approx(0.5), 10, "curriculum")
+    collapsed = {**cur, "single_round": True}
+    assert curriculum.rounds_to_run(collapsed) == 1
+    assert curriculum.round_plan(collapsed, 1, 100) == (None, 30, "all")
+    assert curriculum.round_plan({**collapsed, "size": [5, 6, 7]}, 1, 100)[1] == 18
+
+
+def test_build_mix_all_counts_hard_items_by_membership():
+    hard = make(4, "A", "h", hard=True)
+    easy = make(4, "B", "e")
+    expanded_easy = [Example(id="x", instruction="new", output="o", task="B", source="expanded", meta={"hard": False})]
+    mix, counts = curriculum.build_mix(hard, easy + expanded_easy, alpha=None, size=18, mode="all",
+                                       resample=balance.resample, ratios=None, seed=0, round=1)
+    assert len(mix) == 18 and counts["hard"] == 8  # 4 hard items twice each; the verified-easy new item is easy
+
+
 def test_size_for_round_variants():
     assert curriculum.size_for_round({"size": None}, 1, 77) == 77
     assert curriculum.size_for_round({"size": 10}, 2, 77) == 10
@@ -148,6 +171,11 @@ def test_expand_plan_counts_follow_ratios_over_tasks_with_hard_seeds():
     assert counts["Math"] > counts["Writing"]
 
 
+def test_expand_plan_counts_follow_the_hard_set_without_ratios():
+    hard = make(6, "Math", hard=True) + make(3, "Writing", hard=True) + make(1, "Code Debug", hard=True)
+    assert expand.plan_counts(hard, None, 20) == {"Code Debug": 2, "Math": 12, "Writing": 6}
+
+
 def test_expand_validate():
     assert expand.validate("too short") == "too short"
     assert expand.validate("Sort this list of words by length, then alphabetically.") is None
@@ -160,6 +188,27 @@ def test_expand_validate():
                                            ("[[10 ; 1]]", (10.0, 1.0))])
 def test_parse_score_pair(text, expected):
     assert judge.parse_score_pair(text) == expected
+
+
+def test_parse_score_pair_reads_the_last_pair_after_a_justification():
+    assert judge.parse_score_pair("Unlike a [[1, 10]] scale answer, A is better.\n[[8, 3]]") == (8.0, 3.0)
+
+
+def test_pair_from_logprobs_takes_the_first_two_rating_positions():
+    import math
+
+    lp = math.log
+    positions = [{"[[": 0.0}, {"7": lp(0.5), "8": lp(0.5)}, {",": 0.0}, {" 4": lp(0.9), "x": lp(0.1)}, {"]]": 0.0}]
+    assert judge.pair_from_logprobs(positions) == pytest.approx((7.5, 4.0))
+    # "10" written as "1" + "0": the "0" is not a second rating position
+    assert judge.pair_from_logprobs([{"1": 0.0}, {"0": 0.0}, {"]]": 0.0}]) is None
+
+
+def test_is_hard_compares_with_delta():
+    assert judge.is_hard(1.0, 1.0, "ge") and not judge.is_hard(1.0, 1.0, "gt")
+    assert not judge.is_hard(0.5, 1.0, "ge") and not judge.is_hard(None, -5.0, "ge")
+    with pytest.raises(ValueError, match="compare"):
+        judge.is_hard(2.0, 1.0, ">")
 
 
 @pytest.mark.parametrize("text", ["[[7]]", "7, 4", "[[11, 3]]", "[[0, 5]]", ""])

@@ -18,7 +18,8 @@ def test_ablation_grid_is_one_multirun(tmp_path):
                        text=True, env={"PATH": "/usr/bin:/bin", "TAPIR_ROOT": str(tmp_path), "PYTHONPATH": str(REPO)})
     assert r.returncode == 0, r.stderr[-2000:]
     plans = {p.parent.name: json.loads(p.read_text()) for p in (tmp_path / "outputs/ablations").glob("*/plan.json")}
-    assert set(plans) == {f"+ablation={a}" for a in ("full", "no_curriculum", "no_balance", "no_refine", "no_expand",
+    assert set(plans) == {f"+ablation={a}" for a in ("full", "no_curriculum", "no_balance", "no_task_awareness",
+                                                     "no_refine", "no_expand",
                                                      "random_selection")}
     assert plans["+ablation=no_curriculum"]["rounds"] == 1 and plans["+ablation=full"]["rounds"] == 3
     calls = {k: json.dumps(v) for k, v in plans.items()}

@@ -15,6 +15,7 @@ import pytest
 
 from tapir_exp.llm import build_oracle
 from tapir_exp.llm.smollm2 import smollm2_hf_dir
+from tapir_exp.prompts import render
 from tests.support_llm import VLLM_PYTHON, oracle_cfg
 from tests.support_pipeline import free_port
 
@@ -74,17 +75,19 @@ def test_oracle_client_against_vllm_openai_server(vllm_server, tmp_path):
     reqs = [o.request("teacher", [{"role": "user", "content": f"Name a colour and the number {i}."}], id=f"t/{i}",
                       seed=i) for i in range(12)]
     answers = o.chat_many("teacher", reqs, step="teach", round=1)
-    judge = [o.request("judge", [{"role": "user", "content": f"Rate this answer from 1 to 10: {a.text}"}],
-                       id=f"j/{i}") for i, a in enumerate(answers)]
+    # the pipeline's own single-answer judge prompt (the format the embedded 135M judge uses)
+    judge = [o.request("judge", [{"role": "user", "content": render(
+        "judge_single", instruction=f"Name a colour and the number {i}.", answer_1=a.text, answer_2="Blue, 3.",
+        target="Assistant 1")}], id=f"j/{i}") for i, a in enumerate(answers)]
     ratings = o.rating_many("judge", judge, step="judge", round=1)
     again = o.chat_many("teacher", reqs, step="teach", round=1)  # all from the cache: nothing sent
     usage = o.usage.summary()
     o.close()
     assert all(a.ok and a.text.strip() and a.prompt_tokens > 0 and a.completion_tokens > 0 for a in answers)
     assert all(a.cached for a in again) and [a.text for a in again] == [a.text for a in answers]
-    # vLLM returns top log-probabilities: the judge's rating is the expected value over the rating tokens
-    assert sum(r.method == "logprob" for r in ratings) >= len(ratings) // 2
-    assert all(r.value is None or 1 <= r.value <= 10 for r in ratings)
+    # vLLM returns top log-probabilities: every rating is the expected value over the rating tokens
+    assert [r.method for r in ratings] == ["logprob"] * len(ratings), [(r.method, r.text) for r in ratings]
+    assert all(r.value is not None and 1 <= r.value <= 10 and r.probs for r in ratings)
     # the usage ledger against the server's own counts of finished requests and tokens
     total = usage["total"]
     assert total["requests"] >= 24 and total["failures"] == 0

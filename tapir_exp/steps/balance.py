@@ -2,7 +2,8 @@
 
 Labels over their quota are downsampled without replacement; labels under it are repeated (every item
 once more before any item a third time). Ratios are renormalised over the labels actually present, so a
-missing label's share goes to the others in proportion.
+missing label's share goes to the others in proportion. Without ratios (balancing off) the target is the
+set's own task distribution: a proportional draw, equal to it within rounding.
 """
 
 from __future__ import annotations
@@ -36,14 +37,14 @@ def target_counts(ratios: Mapping[str, float], present: set[str], n: int) -> dic
 
 def resample(examples: list[Example], ratios: Mapping[str, float] | None, n: int,
              rng: random.Random) -> list[Example]:
-    """``n`` examples at the target ratios (``ratios=None``: a plain random sample, repeating when short)."""
+    """``n`` examples at the target ratios (``ratios=None``: at the examples' own task distribution)."""
     if n <= 0 or not examples:
         return []
-    if ratios is None:
-        return _take(examples, n, rng)
     by_task: dict[str, list[Example]] = {}
     for ex in examples:
         by_task.setdefault(ex.task or "Others", []).append(ex)
+    if ratios is None:
+        ratios = {lab: float(len(items)) for lab, items in by_task.items()}
     out: list[Example] = []
     for lab, k in target_counts(ratios, set(by_task), n).items():
         out.extend(_take(by_task[lab], k, rng))

@@ -1,5 +1,9 @@
 """Curriculum over rounds: the hard fraction alpha_r of round r's training mix, the mix size, and the mix
-itself (hard and easy parts, each balanced to the task ratios when balancing is on)."""
+itself (hard and easy parts, each balanced to the task ratios when balancing is on).
+
+``curriculum.single_round: true`` is the ablation "no curriculum": one round, hard and easy items alike
+(``mix='all'``), trained on as many examples as the whole schedule would have been (the sum of the per-round
+sizes over ``rounds``)."""
 
 from __future__ import annotations
 
@@ -32,6 +36,23 @@ def alpha_for_round(cur: Mapping[str, Any], r: int) -> float:
     return alpha
 
 
+def rounds_to_run(cur: Mapping[str, Any]) -> int:
+    """Rounds the pipeline runs: ``rounds``, or 1 under ``single_round``."""
+    return 1 if cur.get("single_round", False) else int(cur["rounds"])
+
+
+def round_plan(cur: Mapping[str, Any], r: int, available: int) -> tuple[float | None, int, str]:
+    """(alpha, size, mix mode) of round ``r``; alpha is None where the mix has no hard fraction (single round).
+
+    Under ``single_round`` the one round's size is the schedule's total, so the trained-example budget equals
+    the full run's (with ``size: null`` every round takes all ``available`` items, so it is ``rounds`` times
+    the round-1 candidates)."""
+    if cur.get("single_round", False):
+        total = sum(size_for_round(cur, k, available) for k in range(1, int(cur["rounds"]) + 1))
+        return None, total, "all"
+    return alpha_for_round(cur, r), size_for_round(cur, r, available), str(cur.get("mix", "curriculum"))
+
+
 def size_for_round(cur: Mapping[str, Any], r: int, available: int) -> int:
     size = cur.get("size")
     if size is None:
@@ -44,7 +65,7 @@ def size_for_round(cur: Mapping[str, Any], r: int, available: int) -> int:
     return int(sizes[r - 1])
 
 
-def build_mix(hard: list[Example], easy: list[Example], *, alpha: float, size: int, mode: str,
+def build_mix(hard: list[Example], easy: list[Example], *, alpha: float | None, size: int, mode: str,
               resample: Any, ratios: Mapping[str, float] | None, seed: int, round: int) -> tuple[list[Example], dict[str, Any]]:
     """The round's training mix.
 
@@ -54,17 +75,22 @@ def build_mix(hard: list[Example], easy: list[Example], *, alpha: float, size: i
     would otherwise train on a handful of easy items repeated dozens of times). Only when both run out are
     items repeated.
     ``mode='all'``: hard and easy together, resampled to ``size``. ``resample(items, ratios, n, rng)`` is the
-    balancing function (ratios None = plain sampling).
+    balancing function (ratios None = the items' own task distribution).
     """
     rng = random.Random(f"{seed}/mix/{round}")
     if mode == "all":
         everything = hard + easy
         mix = resample(everything, ratios, size, rng)
-        n_hard = sum(1 for ex in mix if ex.meta.get("hard") or ex.source == "expanded")
+        hard_ids = {ex.id for ex in hard}
+        for ex in mix:
+            ex.meta["mix_part"] = "hard" if ex.meta.get("repeat_of", ex.id) in hard_ids else "easy"
+        n_hard = sum(1 for ex in mix if ex.meta["mix_part"] == "hard")
         return mix, {"alpha_target": None, "alpha_actual": round_(n_hard / max(1, len(mix))), "hard": n_hard,
                      "easy": len(mix) - n_hard}
     if mode != "curriculum":
         raise ConfigError("curriculum.mix", f"expected curriculum or all, got {mode!r}")
+    if alpha is None:
+        raise ConfigError("curriculum", "mix=curriculum needs a hard fraction alpha for the round")
     n_hard = min(round_int(alpha * size), len(hard))
     n_easy = size - n_hard
     if n_easy > len(easy):  # too few easy items: the rest of the round is hard (repeated only if it must be)
@@ -72,6 +98,9 @@ def build_mix(hard: list[Example], easy: list[Example], *, alpha: float, size: i
         n_hard = size - n_easy
     hard_part = resample(hard, ratios, n_hard, rng)
     easy_part = resample(easy, ratios, n_easy, rng)
+    for part, items in (("hard", hard_part), ("easy", easy_part)):
+        for ex in items:  # which part of the round each trained item came from (artifacts, tests)
+            ex.meta["mix_part"] = part
     mix = hard_part + easy_part
     rng.shuffle(mix)
     return mix, {"alpha_target": alpha, "alpha_actual": round_(len(hard_part) / max(1, len(mix))),

@@ -1,6 +1,7 @@
 """Expansion: the expander writes new instructions like the hard seeds of each task (few-shot from them),
 validated and deduplicated against the pool and each other. Counts per task follow the task ratios
-(renormalised over the tasks that have hard seeds)."""
+(renormalised over the tasks that have hard seeds), or without ratios (balancing off) the hard set's own
+task distribution."""
 
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ def _slug(task: str) -> str:
 
 
 def plan_counts(hard: list[Example], ratios: Mapping[str, float] | None, total: int) -> dict[str, int]:
-    """How many new instructions per task: ``total`` spread over tasks with hard seeds by ratio."""
+    """How many new instructions per task: ``total`` spread over tasks with hard seeds by ratio (``ratios``
+    None: in proportion to the hard seeds per task)."""
     from collections import Counter
 
     seeds = Counter(ex.task or "Others" for ex in hard)
@@ -103,4 +105,4 @@ def expand_hard_seeds(hard: list[Example], pool: list[Example], oracle: Any, *, 
     new = [ex for t in sorted(accepted) for ex in accepted[t]]
     return new, {"wanted": sum(wanted.values()), "accepted": len(new), "requests": requests_sent,
                  "rejected_duplicate": rejected["duplicate"], "rejected_invalid": rejected["invalid"],
-                 "by_task": {t: len(v) for t, v in accepted.items()}}
+                 "wanted_by_task": wanted, "by_task": {t: len(v) for t, v in accepted.items()}}
