@@ -161,12 +161,6 @@ def _refine_styles() -> list[str]:
     return [name.removeprefix("refine_") for name in available("refine_")]
 
 
-def _judge_formats() -> list[str]:
-    from tapir_exp.prompts import available
-
-    return [name.removeprefix("judge_") for name in available("judge_")]
-
-
 def _chat_templates() -> list[str]:
     from tapir_exp.student.models import TEMPLATES
 
@@ -198,7 +192,7 @@ RULES: tuple[Rule, ...] = (
     Rule("steps.mfd.delta", number()),
     Rule("steps.mfd.both_orders", boolean()),
     Rule("steps.mfd.scoring", choice(*SCORING)),
-    Rule("steps.mfd.format", choice_of(_judge_formats)),
+    Rule("steps.mfd.format", choice("pair", "single")),  # tapir_exp.steps.judge.judge_mfd
     Rule("steps.mfd.selection", choice("mfd", "random")),
     Rule("steps.mfd.max_items", optional_count),
     Rule("steps.mfd.compare", choice("gt", "ge"), required=False),
