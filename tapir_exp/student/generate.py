@@ -1,16 +1,12 @@
-"""The student answers: batched HF generation in-process (CPU/one GPU), vLLM in a subprocess (GPU), or a
-student already served behind an OpenAI-compatible endpoint.
+"""The student answers: batched HF generation in-process (CPU/one GPU), vLLM in worker processes (GPUs; or
+the CPU build), or a student already served behind an OpenAI-compatible endpoint.
 
-vLLM runs in its own process per call so its GPU memory is released before training starts again.
+vLLM runs in its own processes per call so its GPU memory is released before training starts again.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +20,8 @@ class Generation:
     completion_tokens: int
     finish_reason: str  # stop | length
     prompt_tokens: int = 0
+    # tokens of the prompt's content left out so that it fits the context (0: the prompt is whole)
+    prompt_cut_tokens: int = 0
 
 
 class HFGenerator:
@@ -82,37 +80,64 @@ class HFGenerator:
 
 
 class VLLMGenerator:
-    """Offline vLLM generation (``LLM.chat``) in a child process; requires the ``vllm`` extra and a GPU."""
+    """Offline vLLM generation (``LLM.chat``) in worker processes (:mod:`tapir_exp.vllm_worker`) that end
+    with the call, so no device memory is held once it returns.
+
+    ``data_parallel_size`` workers each answer an interleaved shard of the prompts on their own
+    ``tensor_parallel_size`` devices (their slice of ``devices``: null = the GPUs this process sees; on a CPU,
+    a share of its cores each); answers come back in input order. A prompt that leaves less than
+    ``max_new_tokens`` of ``max_model_len`` loses the middle of its longest message, marked, and is counted
+    (``Generation.prompt_cut_tokens``)."""
 
     def __init__(self, max_new_tokens: int = 1024, temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
                  tensor_parallel_size: int = 1, max_model_len: int = 4096, gpu_memory_utilization: float = 0.85,
-                 dtype: str = "auto", python: str | None = None):
+                 dtype: str = "auto", python: str | None = None, data_parallel_size: int = 1,
+                 devices: list[Any] | None = None, enforce_eager: bool = False):
         # ``python``: the interpreter whose environment has vLLM (a separate venv is common: vLLM pins its own
-        # torch/transformers); the worker imports only vLLM and this package's worker module.
-        self.python = python
-        self.params = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
-                           tensor_parallel_size=tensor_parallel_size, max_model_len=max_model_len,
-                           gpu_memory_utilization=gpu_memory_utilization, dtype=dtype)
+        # torch/transformers); the worker imports only vLLM and the standard library.
+        if int(max_new_tokens) >= int(max_model_len):
+            raise ConfigError("generation.max_new_tokens", f"{max_new_tokens} leaves no room for the prompt in "
+                                                           f"max_model_len={max_model_len}")
+        if int(data_parallel_size) < 1:
+            raise ConfigError("generation.data_parallel_size", f"must be >= 1, got {data_parallel_size}")
+        self.python, self.data_parallel_size = python, int(data_parallel_size)
+        self.devices = list(devices) if devices is not None else None
+        self.sampling = dict(max_new_tokens=int(max_new_tokens), temperature=float(temperature), top_p=float(top_p),
+                             seed=int(seed))
+        self.engine = dict(tensor_parallel_size=int(tensor_parallel_size), max_model_len=int(max_model_len),
+                           gpu_memory_utilization=float(gpu_memory_utilization), dtype=dtype, seed=int(seed),
+                           enforce_eager=bool(enforce_eager))
+        self.last_workers: list[dict[str, Any]] = []  # what each worker of the last call reported (pid, devices)
 
     def generate(self, model_dir: str | Path, conversations: list[list[dict[str, str]]]) -> list[Generation]:
         import importlib.util
+
+        from tapir_exp.vllm_engine import EngineProcess, plan_workers
 
         if self.python is None and importlib.util.find_spec("vllm") is None:
             raise ConfigError("generation", "generation=vllm needs the vllm package here (pip install "
                                             "'tapir-exp[vllm]') or generation.python=<a venv with vLLM, e.g. "
                                             ".venv-vllm/bin/python from scripts/setup_vllm_cpu.sh>")
-        with tempfile.TemporaryDirectory(prefix="tapir-vllm-") as tmp:
-            job = Path(tmp) / "job.json"
-            result = Path(tmp) / "out.json"
-            job.write_text(json.dumps({"model": str(model_dir), "conversations": conversations, **self.params}))
-            package_root = str(Path(__file__).resolve().parents[2])
-            env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH"))
-                                                               if p)}
-            proc = subprocess.run([self.python or sys.executable, "-m", "tapir_exp.student.vllm_worker", str(job),
-                                   str(result)], env=env)
-            if proc.returncode != 0:
-                raise RuntimeError(f"vLLM worker failed with exit code {proc.returncode} (see its output above)")
-            return [Generation(**g) for g in json.loads(result.read_text())]
+        if not conversations:
+            return []
+        n = min(self.data_parallel_size, len(conversations))
+        plans = plan_workers(n, self.engine["tensor_parallel_size"], self.devices, "generation.devices")
+        workers = [EngineProcess({"model": str(model_dir), **self.engine}, self.python, p["env"], p["cpus"])
+                   for p in plans]
+        out: list[Generation | None] = [None] * len(conversations)
+        try:
+            for w in workers:  # every engine starts at once
+                w.start()
+            self.last_workers = [w.ready() for w in workers]
+            for k, w in enumerate(workers):  # interleaved shards: long and short prompts spread evenly
+                w.send("generate", conversations=conversations[k::n], **self.sampling)
+            for k, w in enumerate(workers):
+                for j, g in enumerate(w.receive()["generations"]):
+                    out[k + j * n] = Generation(**g)
+        finally:
+            for w in workers:
+                w.close()
+        return out  # type: ignore[return-value]
 
 
 class OpenAIGenerator:
