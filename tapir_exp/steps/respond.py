@@ -34,10 +34,14 @@ def teacher_answers(examples: list[Example], oracle: Any, *, step: str, round: i
 def student_answers(examples: list[Example], generator: Any, model_dir: str | Path) -> tuple[list[Example], dict[str, int]]:
     """The current student answers every example (its answer goes to ``meta['student']``)."""
     gens = generator.generate(model_dir, [ex.messages() for ex in examples])
-    truncated = tokens = 0
+    truncated = tokens = cut = 0
     for ex, g in zip(examples, gens, strict=True):
         ex.meta["student"] = g.text.strip()
         ex.meta["student_tokens"] = g.completion_tokens
         truncated += g.finish_reason == "length"
         tokens += g.completion_tokens
-    return examples, {"answered": len(examples), "truncated": truncated, "completion_tokens": tokens}
+        if getattr(g, "prompt_cut_tokens", 0):  # a prompt too long for the context lost its middle, marked
+            ex.meta["student_prompt_cut_tokens"] = g.prompt_cut_tokens
+            cut += 1
+    return examples, {"answered": len(examples), "truncated": truncated, "completion_tokens": tokens,
+                      "prompts_cut": cut}
