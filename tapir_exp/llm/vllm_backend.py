@@ -18,7 +18,7 @@ import asyncio
 import threading
 from typing import Any
 
-from tapir_exp.llm.base import Backend, ChatRequest, ChatResult
+from tapir_exp.llm.base import Backend, ChatRequest, ChatResult, RetryableError
 from tapir_exp.vllm_engine import EngineProcess, plan_workers
 
 
@@ -91,7 +91,13 @@ class VLLMBackend(Backend):
                     "temperature": r.temperature, "top_p": r.top_p, "seed": r.seed, "stop": list(r.stop),
                     "logprobs": r.top_logprobs if r.logprobs else None} for r in requests]
         with self._lock:
-            reply = self._engine().call("chat", requests=payload)
+            worker = self._engine()  # a worker that cannot start raises here: nothing to retry
+            try:
+                reply = worker.call("chat", requests=payload)
+            except RuntimeError as e:  # the worker died mid-batch (e.g. out of memory): a new one on retry
+                worker.close()
+                self._worker = None
+                raise RetryableError(str(e)) from e
         self.chat_calls = int(reply["chat_calls"])
         results: list[ChatResult | BaseException] = []
         for req, out in zip(requests, reply["results"], strict=True):

@@ -7,6 +7,7 @@ vLLM runs in its own processes per call so its GPU memory is released before tra
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -108,6 +109,7 @@ class VLLMGenerator:
                            gpu_memory_utilization=float(gpu_memory_utilization), dtype=dtype, seed=int(seed),
                            enforce_eager=bool(enforce_eager))
         self.last_workers: list[dict[str, Any]] = []  # what each worker of the last call reported (pid, devices)
+        self.last_seconds: dict[str, float] = {}
 
     def generate(self, model_dir: str | Path, conversations: list[list[dict[str, str]]]) -> list[Generation]:
         import importlib.util
@@ -125,15 +127,19 @@ class VLLMGenerator:
         workers = [EngineProcess({"model": str(model_dir), **self.engine}, self.python, p["env"], p["cpus"])
                    for p in plans]
         out: list[Generation | None] = [None] * len(conversations)
+        t0 = time.perf_counter()
         try:
             for w in workers:  # every engine starts at once
                 w.start()
             self.last_workers = [w.ready() for w in workers]
+            t_ready = time.perf_counter()
             for k, w in enumerate(workers):  # interleaved shards: long and short prompts spread evenly
                 w.send("generate", conversations=conversations[k::n], **self.sampling)
             for k, w in enumerate(workers):
                 for j, g in enumerate(w.receive()["generations"]):
                     out[k + j * n] = Generation(**g)
+            # engine start-up vs answering (what bench/vllm_throughput.py compares with raw vLLM)
+            self.last_seconds = {"start": t_ready - t0, "answer": time.perf_counter() - t_ready}
         finally:
             for w in workers:
                 w.close()
