@@ -48,7 +48,7 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--max-model-len", type=int, default=1024)
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--hf-prompts", type=int, default=64, help="prompts for the HF contrast (it is slow)")
+    ap.add_argument("--hf-prompts", type=int, default=16, help="prompts for the HF contrast (it is slow)")
     ap.add_argument("--compile", action="store_true", help="torch.compile the engines (slow start-up on a CPU)")
     a = ap.parse_args()
 
@@ -61,19 +61,22 @@ def main() -> None:
     model = str(smollm2_hf_dir(Path.home() / ".cache" / "tapir" / "models"))
     convs = demo_prompts(a.prompts)
     engine = dict(max_model_len=a.max_model_len, dtype="float32", seed=0, enforce_eager=not a.compile)
+    # No prefix caching anywhere: a long-lived engine would answer a repeat of the same prompts from its
+    # cache, a per-call one (generation=vllm) never can.
+    extra = {"enable_prefix_caching": False}
     T = a.max_tokens
 
     t0 = time.perf_counter()
-    raw = LLM(model=model, **engine)
+    raw = LLM(model=model, **engine, **extra)
     raw_start = time.perf_counter() - t0
     tok = raw.get_tokenizer()
     texts = [tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in convs]
     params = SamplingParams(max_tokens=T, temperature=0.0, top_p=1.0, seed=0)
 
-    ours_gen = VLLMGenerator(max_new_tokens=T, python=sys.executable, **engine)
+    ours_gen = VLLMGenerator(max_new_tokens=T, python=sys.executable, engine_kwargs=extra, **engine)
     oracle = build_oracle({
         "backends": {"vllm": {"_target_": "tapir_exp.llm.vllm_backend.VLLMBackend", "model": model,
-                              "python": sys.executable, "batch_size": 4096, **engine}},
+                              "python": sys.executable, "batch_size": 4096, "engine_kwargs": extra, **engine}},
         "roles": {"teacher": {"backend": "vllm", "max_tokens": T, "temperature": 0.0}},
         "limits": {"concurrency": 64, "timeout_s": 3600, "max_retries": 0}, "cache": {"enabled": False},
         "progress": False})
@@ -125,7 +128,8 @@ def main() -> None:
         return best[name][1] / best[name][0]
 
     print(f"\n{a.prompts} demo prompts, greedy, max_tokens {T}, max_model_len {a.max_model_len}, "
-          f"{'compiled' if a.compile else 'eager'} engines, best of {a.repeats}; {os.cpu_count()} CPUs")
+          f"{'compiled' if a.compile else 'eager'} engines, no prefix caching, best of {a.repeats}; "
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
     print(f"engine start-up: raw {raw_start:.1f}s, oracle worker {oracle_start:.1f}s, "
           f"generation worker {min(starts):.1f}-{max(starts):.1f}s per call; oracle LLM.chat calls: {calls} "
           f"(warm-up 1 + {a.repeats} benchmark batches)")

@@ -116,6 +116,7 @@ def test_the_engine_is_released_before_the_student_generates_and_rebuilt_for_the
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
 
     import tapir_exp.config  # noqa: F401 - registers the tapir_* resolvers
     from tapir_exp.pipeline import Pipeline
@@ -132,8 +133,11 @@ def test_the_engine_is_released_before_the_student_generates_and_rebuilt_for_the
     # the pipeline, holding this oracle, lets the student (generation=hf here) answer: the engine goes first
     GlobalHydra.instance().clear()
     with initialize_config_dir(str(Path(__file__).resolve().parents[1] / "conf"), version_base="1.3"):
-        cfg = compose("tapir", overrides=["generation=hf", "generation.max_new_tokens=2"], return_hydra_config=True)
+        cfg = compose("tapir", overrides=["generation=hf", "generation.max_new_tokens=2", "run_name=release"],
+                      return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]  # what a run's saved config looks like
     pipeline = Pipeline(cfg, tmp_path, tracker=None)
     pipeline._oracle = o
     student = smollm2_hf_dir(Path.home() / ".cache" / "tapir" / "models")

@@ -32,13 +32,13 @@ class VLLMBackend(Backend):
     def __init__(self, model: str, tensor_parallel_size: int = 1, max_model_len: int = 4096,
                  gpu_memory_utilization: float = 0.85, dtype: str = "auto", seed: int = 0, batch_size: int = 1024,
                  python: str | None = None, devices: list[Any] | None = None, enforce_eager: bool = False,
-                 **_: Any):
+                 engine_kwargs: dict[str, Any] | None = None, **_: Any):
         super().__init__(model)
         self.max_batch = int(batch_size)
         self.python, self.devices = python, (list(devices) if devices is not None else None)
         self.engine_kw = dict(model=model, tensor_parallel_size=int(tensor_parallel_size),
                               max_model_len=int(max_model_len), gpu_memory_utilization=float(gpu_memory_utilization),
-                              dtype=dtype, seed=int(seed), enforce_eager=bool(enforce_eager))
+                              dtype=dtype, seed=int(seed), enforce_eager=bool(enforce_eager), **(engine_kwargs or {}))
         self._worker: EngineProcess | None = None
         self._lock = threading.Lock()
         self.engine_starts = 0  # how many engines were built (one per release/rebuild cycle)

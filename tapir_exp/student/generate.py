@@ -93,7 +93,8 @@ class VLLMGenerator:
     def __init__(self, max_new_tokens: int = 1024, temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
                  tensor_parallel_size: int = 1, max_model_len: int = 4096, gpu_memory_utilization: float = 0.85,
                  dtype: str = "auto", python: str | None = None, data_parallel_size: int = 1,
-                 devices: list[Any] | None = None, enforce_eager: bool = False):
+                 devices: list[Any] | None = None, enforce_eager: bool = False,
+                 engine_kwargs: dict[str, Any] | None = None):
         # ``python``: the interpreter whose environment has vLLM (a separate venv is common: vLLM pins its own
         # torch/transformers); the worker imports only vLLM and the standard library.
         if int(max_new_tokens) >= int(max_model_len):
@@ -107,7 +108,7 @@ class VLLMGenerator:
                              seed=int(seed))
         self.engine = dict(tensor_parallel_size=int(tensor_parallel_size), max_model_len=int(max_model_len),
                            gpu_memory_utilization=float(gpu_memory_utilization), dtype=dtype, seed=int(seed),
-                           enforce_eager=bool(enforce_eager))
+                           enforce_eager=bool(enforce_eager), **(engine_kwargs or {}))
         self.last_workers: list[dict[str, Any]] = []  # what each worker of the last call reported (pid, devices)
         self.last_seconds: dict[str, float] = {}
 
