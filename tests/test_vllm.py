@@ -27,6 +27,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(
 
 def test_data_parallel_workers_answer_like_one_and_a_20k_token_instruction_is_cut_in_the_middle(monkeypatch):
     from tapir_exp.llm.smollm2 import smollm2_hf_dir
+    from tapir_exp.records import Example
+    from tapir_exp.steps import respond
     from tapir_exp.student.generate import VLLMGenerator
 
     if len(os.sched_getaffinity(0)) < 2:
@@ -42,7 +44,9 @@ def test_data_parallel_workers_answer_like_one_and_a_20k_token_instruction_is_cu
 
     single = VLLMGenerator(**kw).generate(model, convs)
     parallel = VLLMGenerator(**kw, data_parallel_size=2, devices=[0, 1])
-    gens = parallel.generate(model, convs)
+    # the parallel run goes through the pipeline's student_answers step, which counts the cut prompt
+    examples = [Example(id=f"e{i}", instruction=c[0]["content"]) for i, c in enumerate(convs)]
+    answered, counts = respond.student_answers(examples, parallel, model)
 
     # each worker was given its own device (CUDA_VISIBLE_DEVICES) and its own CPU core, and reports them
     workers = parallel.last_workers
@@ -50,12 +54,13 @@ def test_data_parallel_workers_answer_like_one_and_a_20k_token_instruction_is_cu
     assert [len(w["cpus"]) for w in workers] == [1, 1] and workers[0]["cpus"] != workers[1]["cpus"]
     assert workers[0]["pid"] != workers[1]["pid"]
     # greedy: two workers on interleaved shards answer exactly as one worker, in input order
-    assert [(g.text, g.completion_tokens, g.prompt_tokens, g.prompt_cut_tokens) for g in gens] == \
-        [(g.text, g.completion_tokens, g.prompt_tokens, g.prompt_cut_tokens) for g in single]
-    assert all(g.completion_tokens > 0 for g in gens)
-    assert len({g.text for g in gens}) > 1  # distinct prompts, distinct answers: the order is checkable
+    assert [(ex.meta["student"], ex.meta["student_tokens"]) for ex in answered] == \
+        [(g.text.strip(), g.completion_tokens) for g in single]
+    assert all(g.completion_tokens > 0 for g in single)
+    assert len({g.text for g in single}) > 1  # distinct prompts, distinct answers: the order is checkable
     # the 20,000-token instruction: its middle is gone, the rest fits with room for the whole answer
-    cut = gens[2]
+    cut = single[2]
     assert cut.prompt_cut_tokens + cut.prompt_tokens > 20_000  # the instruction alone had more than 20K
     assert 900 <= cut.prompt_tokens <= 1024 - 12
-    assert all(g.prompt_cut_tokens == 0 for i, g in enumerate(gens) if i != 2)
+    assert all(g.prompt_cut_tokens == 0 for i, g in enumerate(single) if i != 2)
+    assert counts["prompts_cut"] == 1 and answered[2].meta["student_prompt_cut_tokens"] == cut.prompt_cut_tokens
