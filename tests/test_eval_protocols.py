@@ -363,10 +363,14 @@ def test_tapir_eval_scores_answer_files_and_a_checkpoint(tmp_path):
     answers = [json.loads(x) for x in next(tmp_path.rglob("eval/mt_bench_answers.jsonl")).read_text().splitlines()]
     assert len(answers) == 9 and all(len(a["choices"][0]["turns"]) == len(q["turns"])
                                      for a, q in zip(answers, _questions(), strict=True))
+    # a directory that is not a checkpoint: one line naming the key (a missing directory is refused earlier,
+    # by the config check, with the same key)
+    (tmp_path / "not_a_model").mkdir()
     bad = subprocess.run([sys.executable, "-m", "tapir_exp.cli", "mode=eval", "logger=none",
-                          f"eval.model={tmp_path / 'nowhere'}"], cwd=tmp_path, env=tapir_env(tmp_path),
+                          f"eval.model={tmp_path / 'not_a_model'}"], cwd=tmp_path, env=tapir_env(tmp_path),
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "config 'eval.model'" in bad.stderr and "no config.json" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
 
 
 def test_round_evaluation_still_runs_with_a_model(tmp_path):
