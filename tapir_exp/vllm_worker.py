@@ -57,12 +57,12 @@ def _visible_device_memory() -> list[tuple[int, int]]:
 
 
 class Engine:
-    def __init__(self, cfg: dict[str, Any]):
-        if cfg.get("cpus"):
-            os.sched_setaffinity(0, cfg["cpus"])  # before vLLM starts: its CPU threads bind within these
+    def __init__(self, settings: dict[str, Any]):
+        if settings.get("cpus"):
+            os.sched_setaffinity(0, settings["cpus"])  # before vLLM starts: its CPU threads bind within these
         from vllm import LLM
 
-        kw = dict(cfg["engine"])
+        kw = dict(settings["engine"])
         free_total = _visible_device_memory()
         if free_total:
             kw["gpu_memory_utilization"] = memory_utilization(float(kw["gpu_memory_utilization"]), free_total)
