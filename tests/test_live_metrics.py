@@ -56,7 +56,10 @@ def test_step_metrics_stream_to_wandb_csv_and_jsonl_while_training(tiny, tmp_pat
     assert [r["train_step/loss"] for r in steps] == [round(x, 6) for x in t.losses] or \
         all(abs(r["train_step/loss"] - x) < 1e-5 for r, x in zip(steps, t.losses, strict=True))
     assert all(r["train_step/grad_norm"] > 0 and 0 < r["train_step/nonpad_fraction"] <= 1 and
-               r["train_step/tokens_per_s"] > 0 and r["train_step/lr"] > 0 for r in steps)
+               r["train_step/tokens_per_s"] > 0 for r in steps)
+    # the LR each update used, as the training log has it (the cosine ends at min_lr_ratio * lr = 0 on the last)
+    assert all(abs(r["train_step/lr"] - lr) < 1e-12 for r, lr in zip(steps, t.lrs, strict=True))
+    assert all(r["train_step/lr"] > 0 for r in steps[:-1]) and steps[-1]["train_step/lr"] == 0
     assert [r["train_step/progress"] for r in steps] == [round(1 + i / 12, 6) for i in range(1, 13)]
     assert "train_step/gpu_mem_gb" not in steps[0]  # CPU: no GPU memory to report
     defs = metric_defs(wb_dir)
