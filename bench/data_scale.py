@@ -112,9 +112,8 @@ def run_size(n: int, tmp: Path) -> dict[str, float]:
     from tapir_exp.data import load_pool
     from tapir_exp.dedup import NearDuplicateIndex
     from tapir_exp.llm.oracle import Oracle
-    from tapir_exp.pipeline import fresh, records_hash
     from tapir_exp.plan import estimate
-    from tapir_exp.records import load_examples, write_jsonl
+    from tapir_exp.records import fresh, load_examples, records_hash, write_jsonl
     from tapir_exp.steps import balance, classify, curriculum
 
     path = tmp / f"pool_{n}.json"

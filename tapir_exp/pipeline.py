@@ -29,21 +29,12 @@ from tapir_exp.config import to_container
 from tapir_exp.data import load_pool
 from tapir_exp.distributed import launch_rank
 from tapir_exp.export import export_round
-from tapir_exp.records import Example
+from tapir_exp.records import Example, fresh, records_hash
 from tapir_exp.steps import balance, classify, curriculum, expand, judge, refine, respond
 from tapir_exp.store import RunStore, StepResult, stable_hash
 from tapir_exp.summary import RunSummary, print_round
 
 log = logging.getLogger("tapir")
-
-def fresh(records: list[Example]) -> list[Example]:
-    """Independent copies, so that one step's in-place edits never leak into another step's input."""
-    return [Example.from_dict(ex.to_dict()) for ex in records]
-
-
-def records_hash(records: list[Example]) -> str:
-    return stable_hash([ex.to_dict() for ex in records])
-
 
 def role_signature(oracle_cfg: DictConfig, role: str) -> dict[str, Any]:
     """What of the oracle config changes a role's answers: its sampling keys and its backend (no secrets,

@@ -10,6 +10,7 @@ Windows tools and spreadsheet exports write) and CRLF line ends are accepted. Ba
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
 import tempfile
@@ -69,6 +70,18 @@ class Example:
             source=d.get("source", "seed"),
             meta=dict(d.get("meta") or {}),
         )
+
+
+def fresh(records: list[Example]) -> list[Example]:
+    """Independent copies, so that one step's in-place edits never leak into another step's input."""
+    return [Example.from_dict(ex.to_dict()) for ex in records]
+
+
+def records_hash(records: list[Example]) -> str:
+    """The content hash of a list of records (what a step's signature names as its input); equal to
+    ``store.stable_hash`` of their dicts, so signatures recorded before this lived here still match."""
+    blob = json.dumps([ex.to_dict() for ex in records], sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 @dataclass
