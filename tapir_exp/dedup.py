@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 from array import array
-from collections import Counter
+from collections import Counter, defaultdict
 
 _WORD = re.compile(r"[a-z0-9]+")
 
@@ -43,13 +43,16 @@ class NearDuplicateIndex:
 
     Stored without per-item container objects (normalised texts as strings, bigrams as "a b" string keys,
     postings as ``array('i')``): none of them is tracked by Python's cyclic garbage collector, whose full
-    passes over millions of small lists and tuples doubled the build time of a 500K index."""
+    passes over millions of small lists and tuples doubled the build time of a 500K index. A bigram's first
+    text is kept as a plain int and only later ones go to an array: most bigrams of a pool occur once, and
+    creating an array for each was half the build time (bench/data_scale.py)."""
 
     def __init__(self, threshold: float = 0.7):
         self.threshold = threshold
         self._exact: dict[str, int] = {}
         self._texts: list[str] = []
-        self._postings: dict[str, array] = {}
+        self._first: dict[str, int] = {}  # bigram -> the first text that has it
+        self._more: defaultdict[str, array] = defaultdict(_new_posting)  # bigram -> the later ones
 
     def __len__(self) -> int:
         return len(self._texts)
@@ -60,12 +63,10 @@ class NearDuplicateIndex:
         idx = len(self._texts)
         self._texts.append(key)
         self._exact.setdefault(key, idx)
-        postings = self._postings
-        for bg in _bigrams(toks):
-            p = postings.get(bg)
-            if p is None:
-                p = postings[bg] = array("i")
-            p.append(idx)
+        first, more = self._first, self._more
+        for bg in _bigrams(toks):  # the build's hot loop: C-level lookups only
+            if first.setdefault(bg, idx) != idx:
+                more[bg].append(idx)
         return idx
 
     def duplicate_of(self, text: str) -> tuple[int, float] | None:
@@ -79,9 +80,12 @@ class NearDuplicateIndex:
             return None
         shared: Counter[int] = Counter()
         for bg in bigrams:
-            p = self._postings.get(bg)
-            if p is not None:
-                shared.update(p)
+            f = self._first.get(bg)
+            if f is not None:
+                shared[f] += 1
+                p = self._more.get(bg)  # .get: a lookup must not add empty postings
+                if p is not None:
+                    shared.update(p)
         # ROUGE-L >= t needs an LCS of at least t * min length; bigram overlap below a fraction of that
         # cannot reach it in practice, so only the best-overlapping candidates are compared exactly.
         for idx, _ in shared.most_common(50):
@@ -93,3 +97,7 @@ class NearDuplicateIndex:
 
 def _bigrams(toks: list[str]) -> set[str]:
     return {f"{a} {b}" for a, b in zip(toks, toks[1:], strict=False)}
+
+
+def _new_posting() -> array:
+    return array("i")

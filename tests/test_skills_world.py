@@ -88,6 +88,26 @@ def test_oracle_roles(tmp_path):
     o.close()
 
 
+def test_distilled_labels_follow_the_oracle_on_items_it_never_saw(tmp_path):
+    """steps.classify.method=distill: the oracle labels a sample, a local classifier labels the rest."""
+    from tapir_exp.steps.classify import label_tasks
+
+    o = skills_oracle(tmp_path)
+    items = examples(60, tasks=("Math", "Code Generation", "Complex Format", "Others"), seed=4)
+    random.Random(0).shuffle(items)
+    truth = {ex.id: ex.task for ex in items}
+    for ex in items:
+        ex.task = None
+    labelled, counts = label_tasks(items, o, labels=world.TASKS, fallback="Others", method="distill",
+                                   sample_size=80, holdout_fraction=0.25, seed=1)
+    o.close()
+    assert counts["oracle_labelled"] == 80 and counts["distilled"] == 160
+    assert counts["holdout_agreement"] >= 0.9
+    distilled = [ex for ex in labelled if ex.meta["task_source"] == "distilled"]
+    assert len(distilled) == 160
+    assert sum(ex.task == truth[ex.id] for ex in distilled) >= 0.9 * 160
+
+
 def test_mfd_hard_set_follows_what_the_student_fails_and_shrinks_as_it_learns(tmp_path):
     o = skills_oracle(tmp_path)
     items = examples(10)

@@ -160,6 +160,16 @@ def test_near_duplicate_index():
     assert idx.duplicate_of("Compute the determinant of a 3x3 matrix by cofactor expansion.") is None
 
 
+def test_near_duplicate_index_finds_a_text_whose_bigrams_all_came_earlier():
+    # Text 2 has no bigram of its own: it is reachable only through the postings after a bigram's first text.
+    idx = NearDuplicateIndex(threshold=0.8)
+    for text in ("red fox jumps high", "jumps high over walls", "red fox jumps high over walls"):
+        idx.add(text)
+    found = idx.duplicate_of("red fox jumps high over walls today")
+    assert found is not None and found[0] == 2 and found[1] == pytest.approx(2 * (6 / 7) / (1 + 6 / 7))
+    assert idx.duplicate_of("red fox sleeps") is None
+
+
 # ---------------------------------------------------------------------------- expansion quotas
 
 
@@ -240,3 +250,19 @@ def test_build_mix_does_not_repeat_a_few_easy_items_when_hard_ones_are_left():
     mix, counts = curriculum.build_mix(hard[:5], easy, alpha=0.5, size=10, mode="curriculum",
                                        resample=balance.resample, ratios=None, seed=0, round=1)
     assert len(mix) == 10 and counts["easy"] == 2 and counts["hard"] == 8
+
+
+def test_fresh_copies_are_independent_and_records_hash_keeps_recorded_signatures():
+    from tapir_exp.records import fresh, records_hash
+    from tapir_exp.store import stable_hash
+
+    items = [Example("a", "Sum 2 and 3.", task="Math", meta={"judge": {"scores": [7, 9]}, "tags": ["x"]}),
+             Example("b", "Écris un poème.", input="court", output="…")]
+    copies = fresh(items)
+    assert copies == items
+    copies[0].meta["judge"]["scores"].append(1)
+    copies[0].meta["tags"][0] = "y"
+    assert items[0].meta == {"judge": {"scores": [7, 9]}, "tags": ["x"]}
+    # the hash a step's signature names: the same as before it moved (runs recorded then still resume)
+    assert records_hash(items) == stable_hash([ex.to_dict() for ex in items])
+    assert records_hash(items) != records_hash(copies)
