@@ -160,14 +160,19 @@ def test_near_duplicate_index():
     assert idx.duplicate_of("Compute the determinant of a 3x3 matrix by cofactor expansion.") is None
 
 
-def test_near_duplicate_index_finds_a_text_whose_bigrams_all_came_earlier():
-    # Text 2 has no bigram of its own: it is reachable only through the postings after a bigram's first text.
-    idx = NearDuplicateIndex(threshold=0.8)
+@pytest.mark.parametrize("merge_at", [1, 1 << 16])
+def test_near_duplicate_index_ranks_candidates_and_sees_texts_added_between_queries(merge_at):
+    idx = NearDuplicateIndex(threshold=0.7)
+    idx._MERGE_AT = merge_at  # 1: every query merges the texts added since; default: they are searched unsorted
     for text in ("red fox jumps high", "jumps high over walls", "red fox jumps high over walls"):
         idx.add(text)
+    # text 2 shares the most bigrams, so it is compared first (text 0 would also pass, at 0.73)
     found = idx.duplicate_of("red fox jumps high over walls today")
     assert found is not None and found[0] == 2 and found[1] == pytest.approx(2 * (6 / 7) / (1 + 6 / 7))
     assert idx.duplicate_of("red fox sleeps") is None
+    idx.add("blue whales sing to each other at dawn")  # after the index was searched once
+    found = idx.duplicate_of("blue whales sing to each other at dusk")
+    assert found is not None and found[0] == 3
 
 
 # ---------------------------------------------------------------------------- expansion quotas
