@@ -13,7 +13,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
-from tapir_exp.store import atomic_write_text
+from tapir_exp.files import atomic_write_text
 
 REDACTED = "***REDACTED***"
 # Keys whose values are secrets wherever they appear in a config.

@@ -29,9 +29,10 @@ from tapir_exp.config import to_container
 from tapir_exp.data import load_pool
 from tapir_exp.distributed import launch_rank
 from tapir_exp.export import export_round
+from tapir_exp.files import stable_hash
 from tapir_exp.records import Example, fresh, records_hash
 from tapir_exp.steps import balance, classify, curriculum, expand, judge, refine, respond
-from tapir_exp.store import RunStore, StepResult, stable_hash
+from tapir_exp.store import RunStore, StepResult
 from tapir_exp.summary import RunSummary, print_round
 
 log = logging.getLogger("tapir")

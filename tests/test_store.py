@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from tapir_exp.files import atomic_write_text
 from tapir_exp.records import Example
-from tapir_exp.store import RunStore, atomic_write_text, verify_run
+from tapir_exp.store import RunStore, verify_run
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -55,7 +56,7 @@ def test_tampered_artifact_is_recomputed(tmp_path):
 
 WRITER = """
 import sys
-from tapir_exp.store import atomic_write_text
+from tapir_exp.files import atomic_write_text
 big = "x" * 50_000_000
 while True:
     atomic_write_text(sys.argv[1], big)

@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 
 from tapir_exp.errors import ConfigError
-from tapir_exp.store import atomic_dir
+from tapir_exp.files import atomic_dir
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tapir_exp.store import atomic_dir, stable_hash
+from tapir_exp.files import atomic_dir, stable_hash
 
 log = logging.getLogger(__name__)
 
