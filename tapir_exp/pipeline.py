@@ -25,7 +25,7 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from tapir_exp.config import to_container
+from tapir_exp.config import naming_items, to_container
 from tapir_exp.data import load_pool
 from tapir_exp.distributed import launch_rank
 from tapir_exp.export import export_round
@@ -42,7 +42,7 @@ def role_signature(oracle_cfg: DictConfig, role: str) -> dict[str, Any]:
     no limits or cache settings, which change speed and not results)."""
     role_cfg = to_container(oracle_cfg.roles[role])
     backend = to_container(oracle_cfg.backends[role_cfg["backend"]]) or {}
-    backend = {k: v for k, v in backend.items() if k not in ("api_key", "organization", "cache_dir", "batch_size", "device")}
+    backend = naming_items(f"oracle.backends.{role_cfg['backend']}", backend)
     return {"role": role_cfg, "backend": backend}
 
 
