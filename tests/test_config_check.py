@@ -147,6 +147,14 @@ def test_hydra_run_dir_is_the_run_directory(tmp_path):
     assert not (tmp_path / "outputs").exists()
     r = tapir(["mode=plan", "logger=none", f"hydra.run.dir={x}", f"paths.run_dir={tmp_path}/other"], tmp_path)
     assert r.returncode == 2 and r.stderr.strip().startswith("tapir: error: config 'paths.run_dir': got ")
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "other").exists()
+    # multirun: hydra.sweep.dir=Y puts each job's whole run under Y/<run name>
+    y = tmp_path / "sweep"
+    r = tapir(["-m", "mode=plan", "logger=none", f"hydra.sweep.dir={y}", "seed=3"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert {p.name for p in (y / "seed=3").iterdir()} >= {".hydra", "tapir.log", "plan.json", "config.yaml"}
+    assert OmegaConf.load(y / "seed=3" / "config.yaml").paths.run_dir == str(y / "seed=3")
+    assert not (tmp_path / "outputs").exists()
 
 
 # --------------------------------------------------------------------------- in-process: the table itself
