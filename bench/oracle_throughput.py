@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tapir_exp.llm import build_oracle  # noqa: E402
-from tests.support_llm import oracle_cfg  # noqa: E402
+from tapir_exp.testing.oracle_config import oracle_cfg  # noqa: E402
 
 
 def timed(base_url: str, cache: Path, n: int, concurrency: int, tag: str, http_client: str = "httpx"

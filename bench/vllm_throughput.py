@@ -55,7 +55,7 @@ def main() -> None:
     from vllm import LLM, SamplingParams
 
     from tapir_exp.llm import build_oracle
-    from tapir_exp.llm.smollm2 import smollm2_hf_dir
+    from tapir_exp.model_files import smollm2_hf_dir
     from tapir_exp.student.generate import HFGenerator, VLLMGenerator
 
     model = str(smollm2_hf_dir(Path.home() / ".cache" / "tapir" / "models"))

@@ -13,7 +13,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
-from tapir_exp.store import atomic_write_text
+from tapir_exp.files import atomic_write_text
 
 REDACTED = "***REDACTED***"
 # Keys whose values are secrets wherever they appear in a config.
@@ -41,7 +41,7 @@ def run_name_from_overrides(override_dirname: str, max_len: int = 80) -> str:
 # What does not name a run - the one list (Hydra's override_dirname is not filtered; the run name is). Overrides
 # that change speed, bookkeeping, credentials or where things go, not results, so that e.g. raising
 # oracle.limits.concurrency or logger=csv resumes the same run. A step's signature leaves out the same oracle
-# backend keys (``names_run``). Entries match a key and everything under it; ``*`` matches one key.
+# backend keys (``naming_items``). Entries match a key and everything under it; ``*`` matches one key.
 NOT_NAMING_A_RUN = (
     "mode", "name", "logger", "hydra", "paths", "eval.model",
     "oracle.limits", "oracle.progress", "oracle.cache",
@@ -61,6 +61,12 @@ def names_run(key: str) -> bool:
         if len(parts) >= len(want) and all(w in ("*", p) for w, p in zip(want, parts, strict=False)):
             return False
     return True
+
+
+def naming_items(prefix: str, node: dict[str, Any]) -> dict[str, Any]:
+    """The items of the config mapping at ``prefix`` whose keys name a run: what a step's signature keeps of,
+    e.g., an oracle backend (``names_run`` decides, so the signature and the run name follow one list)."""
+    return {k: v for k, v in node.items() if names_run(f"{prefix}.{k}")}
 
 
 def _drop_unnamed_overrides(dirname: str) -> str:

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from tapir_exp.errors import DataError, TapirError
+from tapir_exp.files import atomic_write_json
 from tapir_exp.records import Example, load_examples, write_jsonl
-from tapir_exp.store import atomic_write_json
 
 EXPORT_DIR = "export"
 

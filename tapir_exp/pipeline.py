@@ -25,13 +25,14 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from tapir_exp.config import to_container
+from tapir_exp.config import naming_items, to_container
 from tapir_exp.data import load_pool
 from tapir_exp.distributed import launch_rank
 from tapir_exp.export import export_round
+from tapir_exp.files import stable_hash
 from tapir_exp.records import Example, fresh, records_hash
 from tapir_exp.steps import balance, classify, curriculum, expand, judge, refine, respond
-from tapir_exp.store import RunStore, StepResult, stable_hash
+from tapir_exp.store import RunStore, StepResult
 from tapir_exp.summary import RunSummary, print_round
 
 log = logging.getLogger("tapir")
@@ -41,7 +42,7 @@ def role_signature(oracle_cfg: DictConfig, role: str) -> dict[str, Any]:
     no limits or cache settings, which change speed and not results)."""
     role_cfg = to_container(oracle_cfg.roles[role])
     backend = to_container(oracle_cfg.backends[role_cfg["backend"]]) or {}
-    backend = {k: v for k, v in backend.items() if k not in ("api_key", "organization", "cache_dir", "batch_size", "device")}
+    backend = naming_items(f"oracle.backends.{role_cfg['backend']}", backend)
     return {"role": role_cfg, "backend": backend}
 
 

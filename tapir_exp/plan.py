@@ -19,10 +19,10 @@ from omegaconf import DictConfig
 from tapir_exp.config import to_container
 from tapir_exp.data import load_pool
 from tapir_exp.eval.runner import item_limit
+from tapir_exp.files import atomic_write_json, atomic_write_text
 from tapir_exp.prompts import load_prompt
 from tapir_exp.steps.curriculum import round_plan, rounds_to_run
 from tapir_exp.steps.expand import PER_REQUEST
-from tapir_exp.store import atomic_write_json, atomic_write_text
 
 CHARS_PER_TOKEN = 4.0
 

@@ -10,16 +10,15 @@ Windows tools and spreadsheet exports write) and CRLF line ends are accepted. Ba
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tapir_exp.errors import DataError
+from tapir_exp.files import atomic_open, stable_hash
 
 FORMATS = ("auto", "alpaca", "sharegpt", "openai", "hf")
 BOM = b"\xef\xbb\xbf"
@@ -91,11 +90,9 @@ def fresh(records: list[Example]) -> list[Example]:
 
 
 def records_hash(records: list[Example]) -> str:
-    """The content hash of a list of records (what a step's signature names as its input); equal to
-    ``store.stable_hash`` of their ``to_dict()``, so signatures recorded before this lived here still match.
-    The records are serialised as they are: hashing needs no copy."""
-    blob = json.dumps([vars(ex) for ex in records], sort_keys=True, ensure_ascii=False, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    """The content hash of a list of records (what a step's signature names as its input): the
+    :func:`~tapir_exp.files.stable_hash` of their dicts, serialised as they are (hashing needs no copy)."""
+    return stable_hash([vars(ex) for ex in records])
 
 
 @dataclass
@@ -372,22 +369,12 @@ def _is_array_file(path: Path) -> bool:
 
 def write_jsonl(path: str | os.PathLike, rows: Iterable[Example | dict[str, Any]]) -> int:
     """Write rows atomically (temp file in the same directory + rename); returns the row count."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     n = 0
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            for row in rows:
-                d = vars(row) if isinstance(row, Example) else row  # serialised as is: no copy needed
-                fh.write(_ENCODE(d) + "\n")
-                n += 1
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path) as fh:
+        for row in rows:
+            d = vars(row) if isinstance(row, Example) else row  # serialised as is: no copy needed
+            fh.write(_ENCODE(d) + "\n")
+            n += 1
     return n
 
 

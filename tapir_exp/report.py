@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from tapir_exp.errors import DataError, TapirError
+from tapir_exp.stats import mean_ci, wilson
 from tapir_exp.summary import RunSummary
 from tapir_exp.tracking import setting_of
 
@@ -69,18 +70,6 @@ def name_settings_by_difference(runs: list[dict[str, Any]]) -> None:
     for r, own in zip(runs, sets, strict=True):
         name = r["setting"].split("/", 1)[0]
         r["setting"] = f"{name}/" + (",".join(sorted(own - common)) or "(base)")
-
-
-def mean_ci(values: list[float]) -> tuple[float, float | None]:
-    """Mean and the half-width of its 95 % interval (Student t over seeds; None for a single seed)."""
-    n = len(values)
-    mean = sum(values) / n
-    if n < 2:
-        return mean, None
-    from scipy.stats import t
-
-    sd = (sum((v - mean) ** 2 for v in values) / (n - 1)) ** 0.5
-    return mean, float(t.ppf(0.975, n - 1)) * sd / n ** 0.5
 
 
 def by_setting(runs: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
@@ -206,7 +195,6 @@ def skills_tables(runs: list[dict[str, Any]]) -> tuple[dict, dict, list[str]]:
 
 
 def skills_report(runs: list[dict[str, Any]], out: Path) -> tuple[str, list[Path]]:
-    from tapir_exp.skills.evaluate import wilson
 
     acc, hard, tasks = skills_tables(runs)
     if not tasks:

@@ -14,127 +14,25 @@ tens of GB of checkpoints to decide that a step is done. A file whose stats diff
 a ``touch``) is re-hashed once: same content, and the fingerprint is re-stamped; other content, and the
 step runs again. An edit that keeps size and mtime is found only by the full check, ``tapir-verify
 <run dir>`` (:func:`verify_run`), which re-hashes every artifact. The content hash is computed once, at
-commit, and signatures of later steps reuse the recorded value. Every write goes to a temporary name in the same directory and is renamed into
-place, so a process killed mid-write leaves either the old artifact or none, never half of one.
+commit, and signatures of later steps reuse the recorded value. Every write is atomic (:mod:`tapir_exp.files`),
+so a process killed mid-write leaves either the old artifact or none, never half of one.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tapir_exp.errors import TapirError
+from tapir_exp.files import atomic_dir, atomic_write_json, content_state, file_hash, fingerprint, stable_hash
 from tapir_exp.records import Example, load_examples, write_jsonl
-
-
-def stable_hash(obj: Any, length: int = 16) -> str:
-    """Hash of a JSON-serialisable object, independent of dict ordering."""
-    blob = json.dumps(_plain(obj), sort_keys=True, ensure_ascii=False, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:length]
-
-
-def _plain(obj: Any) -> Any:
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-
-        if isinstance(obj, DictConfig | ListConfig):
-            return OmegaConf.to_container(obj, resolve=True)
-    except ImportError:  # pragma: no cover - omegaconf is a core dependency
-        pass
-    return obj
-
-
-def file_hash(path: str | os.PathLike) -> str:
-    """sha256 of a file, or of a directory's files (names + contents, sorted)."""
-    return content_state(path)[0]
-
-
-def _files(path: Path) -> list[tuple[str, Path]]:
-    """The files of an artifact as (name recorded in the manifest, path): itself, or a directory's files."""
-    if path.is_dir():
-        return [(str(q.relative_to(path)), q) for q in sorted(path.rglob("*")) if q.is_file()]
-    return [(path.name, path)]
-
-
-def fingerprint(path: str | os.PathLike) -> dict[str, list[int]]:
-    """``{file: [size, mtime_ns]}`` for an artifact (a file or every file of a directory): stats only, no read."""
-    out = {}
-    for name, p in _files(Path(path)):
-        st = p.stat()
-        out[name] = [st.st_size, st.st_mtime_ns]
-    return out
-
-
-def content_state(path: str | os.PathLike) -> tuple[str, dict[str, list]]:
-    """One read of every file: the artifact's hash (as :func:`file_hash`) and ``{file: [size, mtime_ns,
-    sha256]}`` (the stats taken before the read, so a write racing the hash shows up as a stats change)."""
-    path = Path(path)
-    h = hashlib.sha256()
-    files: dict[str, list] = {}
-    for name, p in _files(path):
-        st = p.stat()
-        digest = _digest_file(p)
-        if path.is_dir():
-            h.update(name.encode())
-        h.update(digest.encode())
-        files[name] = [st.st_size, st.st_mtime_ns, digest]
-    return h.hexdigest()[:16], files
-
-
-def _digest_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(_plain(obj), indent=2, ensure_ascii=False, default=str) + "\n")
-
-
-@contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary sibling directory; on success it replaces ``path`` (old content removed)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    try:
-        yield tmp
-        if path.exists():
-            trash = path.with_name(f".{path.name}.old-{os.getpid()}")
-            os.replace(path, trash)
-            os.replace(tmp, path)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 @dataclass

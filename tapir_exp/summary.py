@@ -10,7 +10,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from tapir_exp.config import redacted_container
-from tapir_exp.store import atomic_write_json
+from tapir_exp.files import atomic_write_json
 
 
 class RunSummary:

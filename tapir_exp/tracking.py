@@ -21,7 +21,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from tapir_exp.store import stable_hash
+from tapir_exp.files import atomic_open, stable_hash
 
 log = logging.getLogger("tapir")
 
@@ -114,12 +114,10 @@ class CSVTracker(NullTracker):
                 rows = list(csv.DictReader(fh))
         rows = [r for r in rows if r.get("step") != str(step)] + [{"step": step, **metrics}]
         cols = list(dict.fromkeys(k for r in rows for k in r))
-        tmp = path.with_suffix(".csv.tmp")
-        with open(tmp, "w", newline="") as fh:
+        with atomic_open(path, newline="") as fh:
             w = csv.DictWriter(fh, fieldnames=cols)
             w.writeheader()
             w.writerows(rows)
-        os.replace(tmp, path)
 
 
 class WandbTracker(NullTracker):

@@ -122,6 +122,27 @@ def test_experiments_are_deltas_and_compose():
         assert cfg.name != "default"
 
 
+PAPER = {"llama2_7b_alpaca": "llama2_7b", "llama2_13b_alpaca": "llama2_13b", "qwen1_5_7b_alpaca": "qwen1_5_7b"}
+
+
+def test_paper_experiments_share_one_base_and_differ_in_the_student_only():
+    """The paper experiments compose base/paper_alpaca.yaml (not copies of it): with the student and the name
+    removed they are the same config, and the base alone is refused (it names no student)."""
+    rest = []
+    for exp, student in PAPER.items():
+        cfg = _compose([f"experiment={exp}", "data.path=pool.jsonl"])
+        assert cfg.hydra.runtime.choices.student == student and cfg.name == exp
+        assert "base/paper_alpaca" in (CONF / "experiment" / f"{exp}.yaml").read_text()
+        job = OmegaConf.to_container(cfg, resolve=False)
+        for key in ("hydra", "student", "name"):
+            job.pop(key)
+        rest.append(job)
+    assert rest[0] == rest[1] == rest[2]
+    assert rest[0]["trainer"]["strategy"] == "deepspeed" and rest[0]["curriculum"]["rounds"] == 3
+    with pytest.raises(Exception, match="You must specify 'student'"):
+        _compose(["experiment=base/paper_alpaca"])
+
+
 def test_run_name_from_overrides(tmp_path):
     env = {**os.environ, "TAPIR_ROOT": str(tmp_path)}
     import subprocess

@@ -147,6 +147,14 @@ def test_hydra_run_dir_is_the_run_directory(tmp_path):
     assert not (tmp_path / "outputs").exists()
     r = tapir(["mode=plan", "logger=none", f"hydra.run.dir={x}", f"paths.run_dir={tmp_path}/other"], tmp_path)
     assert r.returncode == 2 and r.stderr.strip().startswith("tapir: error: config 'paths.run_dir': got ")
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "other").exists()
+    # multirun: hydra.sweep.dir=Y puts each job's whole run under Y/<run name>
+    y = tmp_path / "sweep"
+    r = tapir(["-m", "mode=plan", "logger=none", f"hydra.sweep.dir={y}", "seed=3"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert {p.name for p in (y / "seed=3").iterdir()} >= {".hydra", "tapir.log", "plan.json", "config.yaml"}
+    assert OmegaConf.load(y / "seed=3" / "config.yaml").paths.run_dir == str(y / "seed=3")
+    assert not (tmp_path / "outputs").exists()
 
 
 # --------------------------------------------------------------------------- in-process: the table itself
@@ -233,3 +241,29 @@ def test_one_list_of_what_does_not_name_a_run(tmp_path, every_option):
     r = subprocess.run([sys.executable, "-m", "tapir_exp.cli", "oracle.limits.concurrency=3", "logger=csv",
                         "seed=7", "--cfg", "job", "--resolve"], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert OmegaConf.create(r.stdout).run_name == "seed=7", r.stderr
+
+
+def test_run_name_and_step_signatures_follow_the_same_list(every_option):
+    """The run name, a step's oracle signature and Hydra's override_dirname agree on what names a run: an
+    override the list leaves out changes neither the run name nor any role's signature, one it keeps changes
+    both, and Hydra keeps no list of its own (no exclude_keys)."""
+    from tapir_exp.config import run_name_from_overrides
+    from tapir_exp.pipeline import role_signature
+
+    seen, oracles = 0, set()
+    for _, _, cfg, job in every_option:
+        assert not cfg.hydra.job.config.override_dirname.get("exclude_keys")
+        if repr(job["oracle"]) in oracles:  # most options share the default oracle: check each one once
+            continue
+        oracles.add(repr(job["oracle"]))
+        for name, backend in (cfg.oracle.backends or {}).items():
+            roles = [r for r in cfg.oracle.roles if cfg.oracle.roles[r].backend == name]
+            for key in backend or {}:
+                override = f"oracle.backends.{name}.{key}"
+                changed = cfg.oracle.copy()
+                changed.backends[name][key] = "changed-value"
+                same_sig = all(role_signature(changed, r) == role_signature(cfg.oracle, r) for r in roles)
+                unnamed = run_name_from_overrides(f"{override}=changed-value") == "default"
+                assert same_sig == unnamed == (not names_run(override)), override
+                seen += unnamed
+    assert seen >= 5  # api_key, organization, cache_dir, batch_size, device somewhere among the options

@@ -18,7 +18,7 @@ from tapir_exp.llm import build_oracle
 from tapir_exp.student.generate import HFGenerator
 from tapir_exp.student.models import TinyLlamaInit
 from tapir_exp.testing.openai_server import FakeOpenAIServer
-from tests.support_llm import oracle_cfg
+from tapir_exp.testing.oracle_config import oracle_cfg
 from tests.support_pipeline import responder
 
 REPO = Path(__file__).resolve().parents[1]

@@ -27,7 +27,7 @@ from tapir_exp.eval.mt_judge import REFERENCE_CATEGORIES, fastchat_rating
 from tapir_exp.eval.runner import alpaca_eval, evaluate_round, item_limit, mt_bench
 from tapir_exp.llm import build_oracle
 from tapir_exp.testing.openai_server import FakeOpenAIServer
-from tests.support_llm import oracle_cfg
+from tapir_exp.testing.oracle_config import oracle_cfg
 from tests.support_pipeline import tapir_env
 
 REPO = Path(__file__).resolve().parents[1]

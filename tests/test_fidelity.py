@@ -14,7 +14,7 @@ from tapir_exp.llm import build_oracle
 from tapir_exp.records import Example
 from tapir_exp.steps import expand, judge
 from tapir_exp.testing.openai_server import FakeOpenAIServer
-from tests.support_llm import oracle_cfg
+from tapir_exp.testing.oracle_config import oracle_cfg
 from tests.test_config import _compose
 
 # ---------------------------------------------------------------------------- a judge with known ratings

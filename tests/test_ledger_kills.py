@@ -23,7 +23,7 @@ CHILD = """
 import sys
 sys.path.insert(0, {repo!r})
 from tapir_exp.llm import build_oracle
-from tests.support_llm import oracle_cfg
+from tapir_exp.testing.oracle_config import oracle_cfg
 o = build_oracle(oracle_cfg(sys.argv[1], {cache!r}, concurrency={conc}, max_retries=6), {run_dir!r})
 reqs = [o.request("teacher", [{{"role": "user", "content": f"q {{i}}"}}], id=str(i)) for i in range({n})]
 o.chat_many("teacher", reqs, step="teacher", round=0)
@@ -67,7 +67,7 @@ def test_ledger_reopens_with_the_run_directory(tmp_path, cache):
     """A resumed run keeps counting into the same ledger (cache file or, without a cache, its own file);
     a new run directory starts from zero."""
     from tapir_exp.llm import build_oracle
-    from tests.support_llm import oracle_cfg
+    from tapir_exp.testing.oracle_config import oracle_cfg
 
     with FakeOpenAIServer() as srv:
         for i, run in enumerate(["a", "a", "b"]):

@@ -16,7 +16,7 @@ import pytest
 from tapir_exp.errors import BudgetExceeded
 from tapir_exp.llm import build_oracle
 from tapir_exp.testing.openai_server import FakeOpenAIServer
-from tests.support_llm import oracle_cfg
+from tapir_exp.testing.oracle_config import oracle_cfg
 
 
 def ask(oracle, n: int, prefix: str = "q", role: str = "teacher"):
@@ -193,7 +193,7 @@ def test_logprob_rating_falls_back_to_text_without_logprobs(tmp_path):
 
 CHILD = """
 import sys
-from tests.support_llm import oracle_cfg
+from tapir_exp.testing.oracle_config import oracle_cfg
 from tapir_exp.llm import build_oracle
 o = build_oracle(oracle_cfg(sys.argv[1], sys.argv[2], concurrency=2), sys.argv[3])
 reqs = [o.request("teacher", [{"role": "user", "content": f"item {i}"}], id=str(i)) for i in range(40)]

@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from tapir_exp.skills.compare import WARMUP, differences, paired_difference
+from tapir_exp.skills.compare import WARMUP, differences
+from tapir_exp.stats import paired_difference
 
 # reference (skills_tapir) and setting outcomes per seed: task -> [item 1, item 2] correct
 REF = {1: {"Math": [0, 1], "Others": [1, 1]}, 2: {"Math": [0, 0], "Others": [0, 1]}}

@@ -197,7 +197,7 @@ def test_reduced_skills_run_end_to_end(tmp_path):
 
 def test_report_pools_seeds_per_setting_with_intervals(tmp_path):
     from tapir_exp.report import main as report_main
-    from tapir_exp.skills.evaluate import wilson
+    from tapir_exp.stats import wilson
 
     def run(setting: str, seed: int, math_acc: list[float], hard: list[int]) -> None:
         rounds = []

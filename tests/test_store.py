@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from tapir_exp.files import atomic_write_text
 from tapir_exp.records import Example
-from tapir_exp.store import RunStore, atomic_write_text, verify_run
+from tapir_exp.store import RunStore, verify_run
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -55,7 +56,7 @@ def test_tampered_artifact_is_recomputed(tmp_path):
 
 WRITER = """
 import sys
-from tapir_exp.store import atomic_write_text
+from tapir_exp.files import atomic_write_text
 big = "x" * 50_000_000
 while True:
     atomic_write_text(sys.argv[1], big)
@@ -163,3 +164,23 @@ def test_verify_cli_reports_and_forgets_changed_steps(tmp_path):
     assert [e["step"] for e in json.loads((tmp_path / "manifest.json").read_text())["steps"]] == ["a"]
     missing = subprocess.run([*cmd, str(tmp_path / "nope")], capture_output=True, text=True, env=env)
     assert missing.returncode == 2 and "no manifest.json here" in missing.stderr
+
+
+def test_digests_stay_those_that_existing_run_directories_recorded(tmp_path):
+    """Signatures and manifests on disk hold these digests: a change to the file helpers that moves them would
+    make every existing run recompute from scratch (values computed before the helpers left store.py)."""
+    from omegaconf import OmegaConf
+
+    from tapir_exp.files import file_hash, stable_hash
+    from tapir_exp.records import records_hash
+
+    (tmp_path / "ckpt" / "sub").mkdir(parents=True)
+    (tmp_path / "ckpt" / "config.json").write_text('{"a": 1}\n')
+    (tmp_path / "ckpt" / "sub" / "w.bin").write_bytes(bytes(range(256)) * 3)
+    (tmp_path / "a.jsonl").write_text('{"x": "ü"}\n')
+    config = OmegaConf.create({"b": [1, "ü"], "a": {"x": None}})
+    assert stable_hash({"step": "judge", "config": config, "inputs": {"pool": "0123"}}) == "99500b6eeadbd419"
+    assert file_hash(tmp_path / "ckpt") == "8197e064fa437876" and file_hash(tmp_path / "a.jsonl") == "09d8b525ef2ba73d"
+    pool = [Example(id="1", instruction="Add 2 and 3.", output="5", task="Math"),
+            Example(id="2", instruction="Say hi", output="hi")]
+    assert records_hash(pool) == stable_hash([ex.to_dict() for ex in pool]) == "2e9f68c888b2250d"

@@ -26,7 +26,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(
 
 
 def test_data_parallel_workers_answer_like_one_and_a_20k_token_instruction_is_cut_in_the_middle(monkeypatch):
-    from tapir_exp.llm.smollm2 import smollm2_hf_dir
+    from tapir_exp.model_files import smollm2_hf_dir
     from tapir_exp.records import Example
     from tapir_exp.steps import respond
     from tapir_exp.student.generate import VLLMGenerator

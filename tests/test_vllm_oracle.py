@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from tapir_exp.llm import ChatRequest, build_oracle
-from tapir_exp.llm.smollm2 import smollm2_hf_dir
 from tapir_exp.llm.vllm_backend import VLLMRequestError
+from tapir_exp.model_files import smollm2_hf_dir
 from tests.support_llm import VLLM_PYTHON
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(

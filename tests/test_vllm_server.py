@@ -14,9 +14,10 @@ import httpx
 import pytest
 
 from tapir_exp.llm import build_oracle
-from tapir_exp.llm.smollm2 import smollm2_hf_dir
+from tapir_exp.model_files import smollm2_hf_dir
 from tapir_exp.prompts import render
-from tests.support_llm import VLLM_PYTHON, oracle_cfg
+from tapir_exp.testing.oracle_config import oracle_cfg
+from tests.support_llm import VLLM_PYTHON
 from tests.support_pipeline import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(

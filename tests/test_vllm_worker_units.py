@@ -19,7 +19,7 @@ from tapir_exp.vllm_worker import memory_utilization
 def tok():
     from transformers import AutoTokenizer
 
-    from tapir_exp.llm.smollm2 import smollm2_hf_dir
+    from tapir_exp.model_files import smollm2_hf_dir
 
     return AutoTokenizer.from_pretrained(smollm2_hf_dir(Path.home() / ".cache" / "tapir" / "models"))
 

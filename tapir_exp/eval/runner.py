@@ -26,8 +26,8 @@ from tapir_exp.errors import ConfigError, DataError
 from tapir_exp.eval.annotators import build_annotator
 from tapir_exp.eval.metrics import LC_FORMULAS, GamedAnnotations, length_controlled_win_rate, win_rate
 from tapir_exp.eval.mt_judge import FASTCHAT_SAMPLING, FastChatJudge, build_mt_judge, fastchat_rating
+from tapir_exp.files import atomic_write_json, atomic_write_text
 from tapir_exp.records import _iter_jsonl, iter_json_array
-from tapir_exp.store import atomic_write_json, atomic_write_text
 
 # FastChat's gen_judgment judges with --judge-model gpt-4 unless told otherwise
 FASTCHAT_JUDGE_MODEL = "gpt-4"

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tapir_exp.store import atomic_write_json
+from tapir_exp.files import atomic_write_json
 
 FIELDS = ("requests", "cache_hits", "prompt_tokens", "completion_tokens", "retries", "failures",
           "parse_failures", "truncated", "shortened", "cost_usd")

@@ -51,9 +51,10 @@ class LocalBackend(Backend):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from tapir_exp.llm.smollm2 import smollm2_hf_dir
+        from tapir_exp.model_files import smollm2_hf_dir
 
-        path = smollm2_hf_dir(self.cache_dir) if self.model == "smollm2" else Path(self.model)
+        path = smollm2_hf_dir(self.cache_dir, "oracle.backends.local.model") if self.model == "smollm2" \
+            else Path(self.model)
         self._tok = AutoTokenizer.from_pretrained(path)
         self._tok.padding_side = "left"
         if self._tok.pad_token is None:

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tapir_exp.store import atomic_dir, stable_hash
+from tapir_exp.files import atomic_dir, stable_hash
 
 log = logging.getLogger(__name__)
 
@@ -135,12 +135,11 @@ def main(argv: list[str] | None = None) -> None:
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
-    import tapir_exp.config  # noqa: F401  (resolvers)
-    from tapir_exp.cli import CONFIG_PATH
+    from tapir_exp.config import packaged_dir  # also registers the resolvers
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     overrides = list(sys.argv[1:] if argv is None else argv)
-    with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
+    with initialize_config_dir(config_dir=str(packaged_dir("conf")), version_base="1.3"):
         cfg = compose("tapir", overrides=["experiment=skills_tapir", *overrides], return_hydra_config=False)
     from tapir_exp.skills.base import SkillsBaseInit as Base  # this module's class, also under `python -m`
 

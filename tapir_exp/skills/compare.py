@@ -10,30 +10,15 @@ interval mean +- 1.96 * sd(d) / sqrt(n) (the paired normal interval; sd with n -
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 from tapir_exp.errors import DataError
+from tapir_exp.stats import paired_difference
 
-Z95 = 1.96
 WARMUP = "warm-up (round 0)"
-
-
-def paired_difference(a: list[int | bool], b: list[int | bool], z: float = Z95) -> tuple[float, float, float, int]:
-    """Mean of a_i - b_i and its 95 % interval (mean +- z * sd / sqrt(n)); n pairs."""
-    if len(a) != len(b):
-        raise ValueError(f"paired_difference: {len(a)} vs {len(b)} outcomes (the pairs must match)")
-    n = len(a)
-    if n == 0:
-        return 0.0, 0.0, 0.0, 0
-    d = [int(x) - int(y) for x, y in zip(a, b, strict=True)]
-    mean = sum(d) / n
-    sd = math.sqrt(sum((x - mean) ** 2 for x in d) / (n - 1)) if n > 1 else 0.0
-    half = z * sd / math.sqrt(n)
-    return mean, mean - half, mean + half, n
 
 
 def outcomes(run_dir: str | Path, round: int) -> dict[tuple[str, int, str], bool]:

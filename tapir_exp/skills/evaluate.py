@@ -3,23 +3,13 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
 
 from tapir_exp.skills import world
-
-
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95 % Wilson score interval for k successes out of n."""
-    if n == 0:
-        return 0.0, 0.0
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
+from tapir_exp.stats import wilson
 
 
 def evaluate_skills(cfg: DictConfig, model_dir: str | Path, generator: Any, out_dir: str | Path,

@@ -100,11 +100,11 @@ class GGUFInit:
         self.source, self.cache_dir = source, cache_dir
 
     def __call__(self, out_dir: str | Path, corpus: list[str] | None = None, chat_template: str | None = None) -> None:
-        from tapir_exp.llm.smollm2 import smollm2_hf_dir
+        from tapir_exp.model_files import smollm2_hf_dir
 
         if self.source != "smollm2":
             raise ConfigError("student.init.source", f"only the embedded 'smollm2' GGUF is known, got {self.source!r}")
-        src = smollm2_hf_dir(self.cache_dir or Path.home() / ".cache" / "tapir" / "models")
+        src = smollm2_hf_dir(self.cache_dir or Path.home() / ".cache" / "tapir" / "models", "student.init.source")
         link_tree(src, Path(out_dir))
         _retemplate(out_dir, chat_template)
 
