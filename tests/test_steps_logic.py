@@ -258,8 +258,8 @@ def test_build_mix_does_not_repeat_a_few_easy_items_when_hard_ones_are_left():
 
 
 def test_fresh_copies_are_independent_and_records_hash_keeps_recorded_signatures():
-    from tapir_exp.records import fresh, records_hash
     from tapir_exp.files import stable_hash
+    from tapir_exp.records import fresh, records_hash
 
     items = [Example("a", "Sum 2 and 3.", task="Math", meta={"judge": {"scores": [7, 9]}, "tags": ["x"]}),
              Example("b", "Écris un poème.", input="court", output="…")]
