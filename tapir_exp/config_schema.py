@@ -24,6 +24,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue, OmegaConfBaseException
 
 from tapir_exp.errors import ConfigError
+from tapir_exp.llm.base import ROLES
 
 Check = Callable[[Any], str | None]  # None when the value is fine, else what was expected
 
@@ -167,7 +168,6 @@ def _chat_templates() -> list[str]:
     return sorted(TEMPLATES)
 
 
-ROLES = ("teacher", "judge", "classifier", "expander", "refiner", "eval_judge")
 SCORING = ("generative", "logprob")
 # What tapir_exp.student.strategies.build_strategy accepts (tests/test_config_check.py keeps them in step).
 STRATEGIES = ("auto", "ddp", "ddp_spawn", "ddp_notebook", "fsdp", "single_device", "deepspeed")

@@ -11,11 +11,10 @@ import pytest
 from omegaconf import OmegaConf
 
 from tapir_exp.llm import build_oracle
+from tapir_exp.llm.base import ROLES
 from tapir_exp.records import Example
 from tapir_exp.skills import world
 from tapir_exp.steps import balance, expand, judge, refine
-
-ROLES = ("teacher", "judge", "classifier", "expander", "refiner", "eval_judge")
 
 
 def skills_oracle(tmp_path, error_rate=0.0, harder=False):

@@ -13,6 +13,9 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+# The oracle's roles: what each config names under oracle.roles and each request is sent as.
+ROLES = ("teacher", "judge", "classifier", "expander", "refiner", "eval_judge")
+
 
 @dataclass(frozen=True)
 class ChatRequest:

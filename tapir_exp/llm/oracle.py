@@ -37,7 +37,6 @@ from tapir_exp.prompts.parsers import expected_rating, parse_rating
 
 log = logging.getLogger("tapir.oracle")
 
-ROLES = ("teacher", "judge", "classifier", "expander", "refiner", "eval_judge")
 # Per-request sampling keys a role config may set (anything else in a role node is client-side).
 SAMPLING_KEYS = ("max_tokens", "temperature", "top_p", "seed", "stop")
 LOGPROB_CANDIDATES = 20  # the OpenAI API's maximum top_logprobs

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
 
+from tapir_exp.records import write_jsonl
 from tapir_exp.skills import world
 from tapir_exp.stats import wilson
 
@@ -26,9 +26,8 @@ def evaluate_skills(cfg: DictConfig, model_dir: str | Path, generator: Any, out_
         for key in (it.task, f"{it.task}/d{it.difficulty}", "all"):
             k, n = cells.get(key, (0, 0))
             cells[key] = (k + ok, n + 1)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "skills_outputs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    # atomic: a run killed mid-write must not leave a torn file that the paired comparison would read
+    write_jsonl(Path(out_dir) / "skills_outputs.jsonl", rows)
     metrics: dict[str, float] = {}
     for key, (k, n) in sorted(cells.items()):
         name = "skills/accuracy" if key == "all" else f"skills/acc/{key}"

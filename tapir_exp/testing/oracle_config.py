@@ -7,7 +7,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from tapir_exp.llm.oracle import ROLES
+from tapir_exp.llm.base import ROLES
 
 
 def oracle_cfg(base_url: str, cache: Path, **limits) -> DictConfig:
