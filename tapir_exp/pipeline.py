@@ -368,7 +368,7 @@ class Pipeline:
         ev = self.cfg.eval
         if not ev.get("every_round", True) and r != curriculum.rounds_to_run(self.cfg.curriculum):
             return {}
-        judged_suites, skills = enabled_suites(ev)
+        judged_suites, skills = enabled_suites(self.cfg)
         if not (judged_suites or skills):
             return {}
         config = {"eval": to_container(ev), "generation": to_container(self.cfg.generation),

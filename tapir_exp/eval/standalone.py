@@ -22,7 +22,7 @@ def evaluate_model(cfg: DictConfig, run_dir: Path, tracker: Any) -> dict[str, An
     outputs, answers = ev.get("model_outputs"), ev.get("mt_bench_answers")
     # a checkpoint is needed for every enabled suite that has no answers file (the skills suite has none)
     model_dir = None
-    if needs_generation(ev, outputs, answers) or ev.get("model"):
+    if needs_generation(cfg, outputs, answers) or ev.get("model"):
         model_dir = Path(ev.get("model") or (run_dir / "final_student"))
         if not (model_dir / "config.json").is_file():
             raise ConfigError("eval.model", f"{model_dir} is not an HF model directory (no config.json); give "

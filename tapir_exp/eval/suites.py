@@ -11,17 +11,19 @@ from typing import Any
 from omegaconf import DictConfig
 
 
-def enabled_suites(ev: DictConfig) -> tuple[bool, bool]:
-    """(any judged suite on, the skills suite on) for an ``eval`` config node."""
+def enabled_suites(cfg: DictConfig) -> tuple[bool, bool]:
+    """(any judged suite on, the skills suite on) under the config's ``eval``."""
+    ev = cfg.eval
     judged = bool(ev.alpaca_eval.enabled or ev.mt_bench.enabled)
     skills = bool((ev.get("skills") or {}).get("enabled", False))
     return judged, skills
 
 
-def needs_generation(ev: DictConfig, model_outputs: Any = None, mt_bench_answers: Any = None) -> bool:
+def needs_generation(cfg: DictConfig, model_outputs: Any = None, mt_bench_answers: Any = None) -> bool:
     """Whether an enabled suite has no answers file, so the model must answer it."""
+    ev = cfg.eval
     return bool((ev.alpaca_eval.enabled and not model_outputs) or (ev.mt_bench.enabled and not mt_bench_answers)
-                or enabled_suites(ev)[1])
+                or enabled_suites(cfg)[1])
 
 
 def evaluate_suites(cfg: DictConfig, model_dir: str | Path | None, oracle: Callable[[], Any], generator: Any,
@@ -29,7 +31,7 @@ def evaluate_suites(cfg: DictConfig, model_dir: str | Path | None, oracle: Calla
                     mt_bench_answers: str | None = None) -> dict[str, float]:
     """Every enabled suite's metrics. ``oracle`` is called only when a judged suite runs (a skills-only eval
     builds no judge)."""
-    judged, skills = enabled_suites(cfg.eval)
+    judged, skills = enabled_suites(cfg)
     metrics: dict[str, float] = {}
     if judged:
         from tapir_exp.eval.runner import evaluate_round
