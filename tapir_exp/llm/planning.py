@@ -11,7 +11,8 @@ What a real oracle decides, the plan assumes:
 - the expander's instructions are all new (none is a near-duplicate), the refiner's rewrites pass every
   style check, the evaluation judge's verdicts parse.
 
-Requests that repeat an earlier one (same cache key) are cache hits, as with the real cache of a fresh run.
+Requests that repeat one of an earlier call (same cache key) are cache hits, as with the real cache of a fresh
+run; a prompt repeated within one call is sent once and its copies are not counted, as the client does.
 Token counts: prompts at :data:`CHARS_PER_TOKEN` characters per token; completions at the request's
 ``max_tokens`` (an upper bound; two tokens for a log-probability rating with a prefilled ``[[``).
 """
@@ -157,18 +158,22 @@ class PlanningOracle(Oracle):
 
     async def _chat_many(self, role: str, requests: list[ChatRequest], step: str, round: int) -> list[ChatResult]:
         backend = self.backend_for(role)
-        results = []
+        results, now = [], set()
         for req in requests:
             res = backend.answer(req)
             key = req.cache_key(backend.cache_name, backend.model)
-            res.cached = key in self._sent  # the real cache (or the in-call de-duplication) would answer it
+            if key in now:  # the same prompt twice in one call: sent once, the copy is not counted (as Oracle)
+                results.append(res)
+                continue
+            res.cached = key in self._sent  # asked before: the real cache answers it
             self.requests.append(PlannedRequest(role, step, round, res.prompt_tokens, int(req.max_tokens), res.cached))
             if res.cached:
                 self.usage.count(role, step, round, cache_hits=1)
             else:
-                self._sent.add(key)
+                now.add(key)
                 self.usage.count(role, step, round, requests=1, prompt_tokens=res.prompt_tokens,
                                  completion_tokens=res.completion_tokens,
                                  cost_usd=self.estimate_cost(role, res.prompt_tokens, res.completion_tokens))
             results.append(res)
+        self._sent |= now
         return results
