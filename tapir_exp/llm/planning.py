@@ -22,7 +22,8 @@ from __future__ import annotations
 import hashlib
 import math
 import random
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
@@ -51,14 +52,21 @@ class PlannedRequest:
     cached: bool = False
 
 
+# A placeholder answer stands for ``n`` tokens of text without holding them (a 52K-item plan would otherwise
+# carry gigabytes of filler through the store); token estimates count it at its stated length.
+_PLACEHOLDER = re.compile(r"\[planned text of (\d+) tokens[^\]]*\]")
+
+
 def tokens_of(text: str) -> int:
-    return math.ceil(len(text) / CHARS_PER_TOKEN)
+    """Estimated tokens of ``text``: :data:`CHARS_PER_TOKEN` characters per token, a placeholder at its length."""
+    stated = [int(m.group(1)) for m in _PLACEHOLDER.finditer(text)]
+    rest = _PLACEHOLDER.sub("", text) if stated else text
+    return math.ceil(len(rest) / CHARS_PER_TOKEN) + sum(stated)
 
 
 def filler(n_tokens: int, salt: str = "") -> str:
-    """About ``n_tokens`` tokens of placeholder text (``salt`` keeps two placeholders apart)."""
-    head = f"planned {salt} " if salt else ""
-    return head + " ".join(["tok"] * max(1, int(n_tokens) - tokens_of(head)))
+    """A placeholder for ``n_tokens`` tokens of text (``salt`` keeps two placeholders apart)."""
+    return f"[planned text of {max(1, int(n_tokens))} tokens{' ' + salt if salt else ''}]"
 
 
 def _h(text: str) -> int:
@@ -145,7 +153,7 @@ class PlanningOracle(Oracle):
         if not any(self.weights):
             self.weights = [1.0] * len(self.labels)
         self.requests: list[PlannedRequest] = []
-        self._sent: set[str] = set()
+        self._sent: set[tuple[str, str, ChatRequest]] = set()
 
     def backend_for(self, role: str) -> Backend:
         if role not in self._backends:
@@ -161,7 +169,8 @@ class PlanningOracle(Oracle):
         results, now = [], set()
         for req in requests:
             res = backend.answer(req)
-            key = req.cache_key(backend.cache_name, backend.model)
+            # the fields of the real cache key (ChatRequest.cache_key) without hashing its JSON: same identity
+            key = (backend.cache_name, backend.model, replace(req, id=""))
             if key in now:  # the same prompt twice in one call: sent once, the copy is not counted (as Oracle)
                 results.append(res)
                 continue
