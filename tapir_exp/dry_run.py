@@ -61,7 +61,7 @@ class PlanPipeline(Pipeline):
     or trained (its directories hold a marker file, so the steps after it run as they would)."""
 
     def __init__(self, cfg: DictConfig, run_dir: Path):
-        super().__init__(cfg, run_dir, NullTracker())
+        super().__init__(cfg, run_dir, NullTracker(), rank=0)  # one process plans, whatever job it runs in
         self.placeholder = PlaceholderGenerator(int(cfg.generation.get("max_new_tokens") or 256),
                                                 hard_fraction(cfg), self.seed)
 

@@ -48,10 +48,10 @@ def role_signature(oracle_cfg: DictConfig, role: str) -> dict[str, Any]:
 
 
 class Pipeline:
-    def __init__(self, cfg: DictConfig, run_dir: Path, tracker: Any):
+    def __init__(self, cfg: DictConfig, run_dir: Path, tracker: Any, rank: int | None = None):
         self.cfg, self.run_dir, self.tracker = cfg, Path(run_dir), tracker
         # In a multi-process job only rank 0 computes steps; the others follow the store and join training.
-        rank = launch_rank()[0]
+        rank = launch_rank()[0] if rank is None else rank
         self.leader = rank == 0
         self.store = RunStore(run_dir, rank=rank)
         self.seed = int(cfg.seed)
@@ -489,13 +489,7 @@ def _link_final(student: Path, final: Path) -> None:
     final.symlink_to(student.relative_to(final.parent), target_is_directory=True)
 
 
-def plan(cfg: DictConfig) -> dict[str, Any]:
-    from tapir_exp.plan import estimate
-
-    return estimate(cfg)
-
-
-__all__ = ["run_pipeline", "plan", "Pipeline"]
+__all__ = ["run_pipeline", "Pipeline"]
 
 
 class _AfterOracleRelease:
