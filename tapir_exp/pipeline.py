@@ -9,7 +9,9 @@
 
 Every step goes through the RunStore: its artifact is loaded instead of recomputed when its signature
 (step config + input artifact hashes) is unchanged, and oracle calls go through the persistent cache, so
-re-running a finished or killed command continues where it stopped.
+re-running a finished or killed command continues where it stopped. Each step is one method that states its
+config (what its signature holds), its inputs (hashes) and its computation, in that order; ``run`` and
+``run_round`` are the list of them. ``tapir mode=plan`` runs this same loop dry (:mod:`tapir_exp.dry_run`).
 """
 
 from __future__ import annotations
@@ -133,9 +135,9 @@ class Pipeline:
         mixes hard and easy, the refiner restyles the answers, and the student trains on the result."""
         answers = self.student_answers(r, pool, student_dir)
         judged = self.mfd(r, answers)
-        hard, easy = self.select(judged, r)
+        hard, easy = self.select(r, judged)
         new_items = self.expand(r, hard, pool)
-        new_hard, new_easy, expanded_hard_fraction = self.check_expanded(new_items, student_dir, r)
+        new_hard, new_easy, expanded_hard_fraction = self.check_expanded(r, new_items, student_dir)
         mixed, alpha = self.mix(r, hard + new_hard, easy + new_easy)
         dataset = self.refine(r, mixed)
         self.record_round(r, pool, answers, judged, hard, new_items, expanded_hard_fraction, mixed, alpha, dataset)
@@ -224,7 +226,7 @@ class Pipeline:
         return self._records_step("mfd", r, self._mfd_signature(), {"answers": answers.entry.artifact_hash},
                                   lambda: self._judge(fresh(answers.records), "mfd", r))
 
-    def select(self, judged: StepResult, r: int) -> tuple[list[Example], list[Example]]:
+    def select(self, r: int, judged: StepResult) -> tuple[list[Example], list[Example]]:
         """Hard/easy split: by MFD (TAPIR), or a random subset of the same size (ablation). The chosen ids are
         an artifact of their own (``round_<r>/select.json``)."""
         selection = self.steps.mfd.selection
@@ -270,8 +272,8 @@ class Pipeline:
 
         return self._records_step("expand", r, config, inputs, compute).records
 
-    def check_expanded(self, new_items: list[Example], student_dir: Path,
-                       r: int) -> tuple[list[Example], list[Example], float | None]:
+    def check_expanded(self, r: int, new_items: list[Example],
+                       student_dir: Path) -> tuple[list[Example], list[Example], float | None]:
         """How hard the new instructions are for the current student (``steps.expand.verify`` / ``measure``):
         the student answers them and the judge scores them like the pool. With ``verify`` only those past
         delta join the hard part (the rest the easy part); otherwise all of them count as hard. Returns
