@@ -21,10 +21,10 @@ from pathlib import Path
 
 import pytest
 
+from tapir_exp.config_schema import RULES, check_config
+from tapir_exp.errors import ConfigError
 from tapir_exp.testing.openai_server import FakeOpenAIServer
 from tests.support_pipeline import fast_overrides, responder, run_tapir
-
-pytestmark = pytest.mark.slow
 
 LABEL_FREE = ["steps.expand.per_round=1", "steps.refine.default_style=stepwise", "steps.balance.enabled=false"]
 
@@ -50,6 +50,7 @@ def stats(root: Path) -> dict[str, tuple[int, int]]:
             if p.is_file() and p.name not in ("config.yaml", "tapir.log") and ".hydra" not in p.parts}
 
 
+@pytest.mark.slow
 def test_plan_asks_what_the_run_asks(tmp_path):
     with FakeOpenAIServer(responder=responder) as server:
         overrides = fast_overrides(server.base_url) + LABEL_FREE
@@ -83,3 +84,12 @@ def test_plan_asks_what_the_run_asks(tmp_path):
     after = stats(tmp_path)
     assert set(after) - set(before) == {str((run_dir / n).relative_to(tmp_path)) for n in ("plan.json", "plan.csv")}
     assert {k: v for k, v in after.items() if k in before} == before
+
+
+@pytest.mark.parametrize("value,ok", [(0.3, True), ([0.6, 0.4], True), (1.5, False), ([0.2, "x"], False), ([], False)])
+def test_hard_fraction_is_checked(value, ok):
+    (rule,) = (r for r in RULES if r.key == "plan.hard_fraction")
+    assert (rule.check(value) is None) == ok
+    if not ok:
+        with pytest.raises(ConfigError, match="'plan.hard_fraction': got .*, expected a number >= 0 and <= 1 or a list"):
+            check_config({"mode": "plan", "plan": {"hard_fraction": value}}, (rule,))
