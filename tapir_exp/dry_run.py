@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 from tapir_exp.config import to_container
 from tapir_exp.llm.planning import MISSED, PlannedRequest, PlanningOracle, filler
@@ -98,9 +98,7 @@ def planned_requests(cfg: DictConfig) -> tuple[list[PlannedRequest], dict[str, A
     """Every oracle request a run of ``cfg`` would send, from a dry run of its pipeline; and what the dry run
     found (pool size, rounds, round summaries)."""
     if "hydra" in cfg:  # a config composed with Hydra's node (tests, benchmarks): a job's config has none
-        cfg = cfg.copy()
-        with open_dict(cfg):
-            del cfg["hydra"]
+        cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
     with tempfile.TemporaryDirectory(prefix="tapir-plan-") as tmp:
         p = PlanPipeline(cfg, Path(tmp))
         try:
