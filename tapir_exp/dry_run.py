@@ -21,7 +21,6 @@ from omegaconf import DictConfig, OmegaConf
 from tapir_exp.config import to_container
 from tapir_exp.llm.planning import MISSED, PlannedRequest, PlanningOracle, filler
 from tapir_exp.pipeline import Pipeline
-from tapir_exp.store import atomic_write_text
 from tapir_exp.student.generate import Generation
 from tapir_exp.tracking import NullTracker
 
@@ -73,12 +72,12 @@ class PlanPipeline(Pipeline):
         return self.placeholder
 
     def _init_student(self, out_dir: Path, corpus: list[str]) -> dict[str, Any]:
-        atomic_write_text(out_dir / "PLANNED", "a placeholder student (tapir mode=plan)\n")
+        (out_dir / "PLANNED").write_text("a placeholder student (tapir mode=plan)\n")  # the store's step directory
         return {"corpus": len(corpus)}
 
     def _fit(self, r: int, init_dir: Path, data: Any, out_dir: Path, epochs: int | None,
              work_dir: Path) -> dict[str, Any]:
-        atomic_write_text(out_dir / "PLANNED", f"a placeholder student, round {r} (tapir mode=plan)\n")
+        (out_dir / "PLANNED").write_text(f"a placeholder student, round {r} (tapir mode=plan)\n")
         return {"examples": len(data.records)}
 
     def seed_pool(self) -> list[Any]:
