@@ -223,8 +223,9 @@ class Pipeline:
 
     def mfd(self, r: int, answers: StepResult) -> StepResult:
         """The judge scores teacher and student answers; MFD past delta marks an item hard."""
-        return self._records_step("mfd", r, self._mfd_signature(), {"answers": answers.entry.artifact_hash},
-                                  lambda: self._judge(fresh(answers.records), "mfd", r))
+        config = self._mfd_signature()
+        inputs = {"answers": answers.entry.artifact_hash}
+        return self._records_step("mfd", r, config, inputs, lambda: self._judge(fresh(answers.records), "mfd", r))
 
     def select(self, r: int, judged: StepResult) -> tuple[list[Example], list[Example]]:
         """Hard/easy split: by MFD (TAPIR), or a random subset of the same size (ablation). The chosen ids are
