@@ -40,10 +40,11 @@ def run_name_from_overrides(override_dirname: str, max_len: int = 80) -> str:
 
 # What does not name a run - the one list (Hydra's override_dirname is not filtered; the run name is). Overrides
 # that change speed, bookkeeping, credentials or where things go, not results, so that e.g. raising
-# oracle.limits.concurrency or logger=csv resumes the same run. A step's signature leaves out the same oracle
-# backend keys (``naming_items``). Entries match a key and everything under it; ``*`` matches one key.
+# oracle.limits.concurrency or logger=csv resumes the same run (and `mode=plan plan.hard_fraction=X` plans it).
+# A step's signature leaves out the same oracle backend keys (``naming_items``). Entries match a key and
+# everything under it; ``*`` matches one key.
 NOT_NAMING_A_RUN = (
-    "mode", "name", "logger", "hydra", "paths", "eval.model",
+    "mode", "plan", "name", "logger", "hydra", "paths", "eval.model",
     "oracle.limits", "oracle.progress", "oracle.cache",
     "oracle.backends.*.api_key", "oracle.backends.*.organization", "oracle.backends.*.cache_dir",
     "oracle.backends.*.batch_size", "oracle.backends.*.device",

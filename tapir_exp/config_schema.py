@@ -331,6 +331,8 @@ RULES: tuple[Rule, ...] = (
     # -- logger
     Rule("logger.mode", null_or(choice("online", "offline", "disabled")), required=False),
     Rule("logger.project", string(), required=False),
+    # -- plan (conf/mode/plan.yaml): the dry run's assumed hard fraction, one number or one per round
+    Rule("plan.hard_fraction", one_of(number(0, 1), list_of(number(0, 1), min_len=1)), required=False),
     # -- paths
     *(Rule(f"paths.{k}", string()) for k in ("root", "output_dir", "run_dir", "cache_dir")),
 )

@@ -9,7 +9,9 @@
 
 Every step goes through the RunStore: its artifact is loaded instead of recomputed when its signature
 (step config + input artifact hashes) is unchanged, and oracle calls go through the persistent cache, so
-re-running a finished or killed command continues where it stopped.
+re-running a finished or killed command continues where it stopped. Each step is one method that states its
+config (what its signature holds), its inputs (hashes) and its computation, in that order; ``run`` and
+``run_round`` are the list of them. ``tapir mode=plan`` runs this same loop dry (:mod:`tapir_exp.dry_run`).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from omegaconf import DictConfig
 from tapir_exp.config import naming_items, to_container
 from tapir_exp.data import load_pool
 from tapir_exp.distributed import launch_rank
+from tapir_exp.eval.suites import enabled_suites, evaluate_suites
 from tapir_exp.export import export_round
 from tapir_exp.files import stable_hash
 from tapir_exp.records import Example, fresh, records_hash
@@ -38,8 +41,8 @@ from tapir_exp.summary import RunSummary, print_round
 log = logging.getLogger("tapir")
 
 def role_signature(oracle_cfg: DictConfig, role: str) -> dict[str, Any]:
-    """What of the oracle config changes a role's answers: its sampling keys and its backend (no secrets,
-    no limits or cache settings, which change speed and not results)."""
+    """What of the oracle config changes a role's answers: its sampling keys and its backend, without the
+    backend keys that do not name a run either (secrets, devices, batch sizes: ``config.names_run``)."""
     role_cfg = to_container(oracle_cfg.roles[role])
     backend = to_container(oracle_cfg.backends[role_cfg["backend"]]) or {}
     backend = naming_items(f"oracle.backends.{role_cfg['backend']}", backend)
@@ -47,10 +50,10 @@ def role_signature(oracle_cfg: DictConfig, role: str) -> dict[str, Any]:
 
 
 class Pipeline:
-    def __init__(self, cfg: DictConfig, run_dir: Path, tracker: Any):
+    def __init__(self, cfg: DictConfig, run_dir: Path, tracker: Any, rank: int | None = None):
         self.cfg, self.run_dir, self.tracker = cfg, Path(run_dir), tracker
         # In a multi-process job only rank 0 computes steps; the others follow the store and join training.
-        rank = launch_rank()[0]
+        rank = launch_rank()[0] if rank is None else rank
         self.leader = rank == 0
         self.store = RunStore(run_dir, rank=rank)
         self.seed = int(cfg.seed)
@@ -70,16 +73,22 @@ class Pipeline:
     def oracle(self):
         """Built on first use, so a fully cached re-run never loads a model."""
         if self._oracle is None:
-            from tapir_exp.llm import build_oracle
-
-            self._oracle = build_oracle(self.cfg.oracle, self.run_dir)
+            self._oracle = self._build_oracle()
         return self._oracle
 
     @property
     def generator(self):
         if self._generator is None:
-            self._generator = _AfterOracleRelease(instantiate(self.cfg.generation), self.release_devices)
+            self._generator = _AfterOracleRelease(self._build_generator(), self.release_devices)
         return self._generator
+
+    def _build_oracle(self) -> Any:
+        from tapir_exp.llm import build_oracle
+
+        return build_oracle(self.cfg.oracle, self.run_dir)
+
+    def _build_generator(self) -> Any:
+        return instantiate(self.cfg.generation)
 
     def release_devices(self) -> None:
         """An oracle engine on the GPUs (``oracle=vllm``) gives them back before the student trains or
@@ -94,13 +103,55 @@ class Pipeline:
     def oracle_usage(self) -> dict[str, Any]:
         return self._oracle.usage.summary() if self._oracle is not None else {}
 
-    # ------------------------------------------------------------------ round 0
+    # ------------------------------------------------------------------ the loop
+    def run(self) -> Path:
+        """Warm-up, then R curriculum rounds, each evaluated and recorded; returns the last student."""
+        t0 = time.time()
+        pool = self.seed_pool()
+        student = self.warmup(pool)
+        self.evaluate(0, student)
+        self.finish_round(0, t0)
+        for r in range(1, curriculum.rounds_to_run(self.cfg.curriculum) + 1):
+            t0 = time.time()
+            student, pool = self.run_round(r, pool, student)
+            self.evaluate(r, student)
+            self.finish_round(r, t0)
+        return student
+
     def seed_pool(self) -> list[Example]:
         """The pool with teacher responses and task labels (round 0 artifacts)."""
         pool = load_pool(self.cfg.data, self.run_dir, self.seed)
-        use_given = bool(self.cfg.data.get("use_given_responses", False))
+        teacher = self.teacher(pool)
+        return self.classify(teacher).records
 
-        def answer():
+    def warmup(self, pool: list[Example]) -> Path:
+        """Initialise the student and fine-tune it on the warm-up set."""
+        init = self.init_student(pool)
+        data = self.warmup_data(pool)
+        return self.train(0, init.path, data, epochs=self.steps.warmup.get("epochs"))
+
+    def run_round(self, r: int, pool: list[Example], student_dir: Path) -> tuple[Path, list[Example]]:
+        """One TAPIR round: MFD finds what the student cannot yet do, expansion adds more of it, the curriculum
+        mixes hard and easy, the refiner restyles the answers, and the student trains on the result."""
+        answers = self.student_answers(r, pool, student_dir)
+        judged = self.mfd(r, answers)
+        hard, easy = self.select(r, judged)
+        new_items = self.expand(r, hard, pool)
+        new_hard, new_easy, expanded_hard_fraction = self.check_expanded(r, new_items, student_dir)
+        mixed, alpha = self.mix(r, hard + new_hard, easy + new_easy)
+        dataset = self.refine(r, mixed)
+        self.record_round(r, pool, answers, judged, hard, new_items, expanded_hard_fraction, mixed, alpha, dataset)
+        new_student = self.train(r, student_dir, dataset)
+        return new_student, pool + fresh(new_items)
+
+    # ------------------------------------------------------------------ round 0 steps
+    def teacher(self, pool: list[Example]) -> StepResult:
+        """The teacher answers the pool (or the dataset's own responses are kept: ``data.use_given_responses``)."""
+        use_given = bool(self.cfg.data.get("use_given_responses", False))
+        config = {"use_given": use_given, "oracle": role_signature(self.cfg.oracle, "teacher")}
+        inputs = {"pool": records_hash(pool)}
+
+        def compute():
             items = fresh(pool)
             have = [ex for ex in items if use_given and ex.output.strip()]
             need = [ex for ex in items if not (use_given and ex.output.strip())]
@@ -112,75 +163,184 @@ class Pipeline:
             by_id = {ex.id: ex for ex in have + answered}
             return [by_id[ex.id] for ex in items if ex.id in keep], {"given": len(have), **counts}
 
-        teacher = self.store.run_records_step(
-            "teacher", 0, {"use_given": use_given, "oracle": role_signature(self.cfg.oracle, "teacher")},
-            {"pool": records_hash(pool)}, answer)
-        self._note(0, "teacher", teacher)
+        return self._records_step("teacher", 0, config, inputs, compute)
 
-        c = self.steps.classify
-        labelled = self.store.run_records_step(
-            "classify", 0, {"classify": to_container(c), "labels": self.labels, "fallback": self.cfg.tasks.fallback,
-                            "oracle": role_signature(self.cfg.oracle, "classifier")},
-            {"teacher": teacher.entry.artifact_hash},
-            lambda: classify.label_tasks(fresh(teacher.records), self.oracle, labels=self.labels,
-                                         fallback=self.cfg.tasks.fallback, method=c.method,
-                                         sample_size=int(c.sample_size), holdout_fraction=float(c.holdout_fraction),
-                                         seed=self.seed, step="classify", round=0, failure_budget=self.budget))
-        self._note(0, "classify", labelled)
-        return labelled.records
+    def classify(self, teacher: StepResult) -> StepResult:
+        """Every instruction gets a task label (``steps.classify``)."""
+        c, labels, fallback = self.steps.classify, self.labels, self.cfg.tasks.fallback
+        config = {"classify": to_container(c), "labels": labels, "fallback": fallback,
+                  "oracle": role_signature(self.cfg.oracle, "classifier")}
+        inputs = {"teacher": teacher.entry.artifact_hash}
 
-    def warmup(self, pool: list[Example]) -> Path:
-        """Initialise the student and fine-tune it on the warm-up set."""
+        def compute():
+            return classify.label_tasks(fresh(teacher.records), self.oracle, labels=labels, fallback=fallback,
+                                        method=c.method, sample_size=int(c.sample_size),
+                                        holdout_fraction=float(c.holdout_fraction), seed=self.seed, step="classify",
+                                        round=0, failure_budget=self.budget)
+
+        return self._records_step("classify", 0, config, inputs, compute)
+
+    def init_student(self, pool: list[Example]) -> StepResult:
+        """The student before any training (``student.init``; its tokenizer may be fitted on the pool)."""
         s = self.cfg.student
+        config = {"init": to_container(s.init), "chat_template": s.get("chat_template")}
         corpus = [ex.prompt + "\n" + ex.output for ex in pool]
-        init = self.store.run_dir_step(
-            "init", 0, {"init": to_container(s.init), "chat_template": s.get("chat_template")},
-            {"corpus": stable_hash(corpus)},
-            lambda tmp: self._init_student(tmp, corpus), name="student_init")
+        inputs = {"corpus": stable_hash(corpus)}
+        init = self.store.run_dir_step("init", 0, config, inputs, lambda tmp: self._init_student(tmp, corpus),
+                                       name="student_init")
         self._note(0, "init", init)
+        return init
 
+    def warmup_data(self, pool: list[Example]) -> StepResult:
+        """The warm-up set: the labelled pool, or a seeded sample of ``steps.warmup.size``."""
         size = self.steps.warmup.get("size")
+        config = {"size": size, "seed": self.seed}
+        inputs = {"pool": records_hash(pool)}
 
-        def pick():
+        def compute():
             items = fresh(pool)
             if size is not None and size < len(items):
                 items = random.Random(f"{self.seed}/warmup").sample(items, int(size))
             return items, {}
 
-        data = self.store.run_records_step("warmup_data", 0, {"size": size, "seed": self.seed},
-                                           {"pool": records_hash(pool)}, pick)
-        return self.train(0, init.path, data, epochs=self.steps.warmup.get("epochs"))
+        return self.store.run_records_step("warmup_data", 0, config, inputs, compute)
 
     def _init_student(self, out_dir: Path, corpus: list[str]) -> dict[str, Any]:
         builder = instantiate(self.cfg.student.init)
         builder(out_dir, corpus=corpus, chat_template=self.cfg.student.get("chat_template"))
         return {"corpus": len(corpus)}
 
-    # ------------------------------------------------------------------ shared steps
-    def train(self, r: int, init_dir: Path, data: StepResult, epochs: int | None = None) -> Path:
-        from tapir_exp.student.live_metrics import LiveMetrics
-        from tapir_exp.student.train import train_round
+    # ------------------------------------------------------------------ round steps
+    def student_answers(self, r: int, pool: list[Example], student_dir: Path) -> StepResult:
+        """The current student answers the pool (at most ``steps.mfd.max_items`` of it)."""
+        config = {"generation": to_container(self.cfg.generation)}
+        inputs = {"pool": records_hash(pool), "student": self._hash_of(student_dir)}
+        answers = self._records_step(
+            "student_answers", r, config, inputs,
+            lambda: respond.student_answers(self._judged_subset(fresh(pool), r), self.generator, student_dir))
+        self.summary.update(r, student_answers=dict(answers.entry.counts))  # answered, truncated, prompts_shortened
+        return answers
 
+    def mfd(self, r: int, answers: StepResult) -> StepResult:
+        """The judge scores teacher and student answers; MFD past delta marks an item hard."""
+        config = self._mfd_signature()
+        inputs = {"answers": answers.entry.artifact_hash}
+        return self._records_step("mfd", r, config, inputs, lambda: self._judge(fresh(answers.records), "mfd", r))
+
+    def select(self, r: int, judged: StepResult) -> tuple[list[Example], list[Example]]:
+        """Hard/easy split: by MFD (TAPIR), or a random subset of the same size (ablation). The chosen ids are
+        an artifact of their own (``round_<r>/select.json``)."""
+        selection = self.steps.mfd.selection
+        if selection not in ("mfd", "random"):
+            from tapir_exp.errors import ConfigError
+
+            raise ConfigError("steps.mfd.selection", f"expected mfd or random, got {selection!r}")
+        config = {"selection": selection, "seed": self.seed}
+        records = judged.records
+        inputs = {"mfd": judged.entry.artifact_hash}
+
+        def choose() -> dict[str, Any]:
+            hard = [ex.id for ex in records if ex.meta.get("hard")]
+            if selection == "random":
+                picked = random.Random(f"{self.seed}/random-select/{r}").sample(range(len(records)), len(hard))
+                hard = [records[i].id for i in sorted(picked)]
+            return {"selection": selection, "hard": hard}
+
+        doc, entry, _ = self.store.run_json_step("select", r, config, inputs, choose)
+        self.summary.add_seconds(r, "select", entry.seconds)
+        ids = set(doc["hard"])
+        return [ex for ex in records if ex.id in ids], [ex for ex in records if ex.id not in ids]
+
+    def expand(self, r: int, hard: list[Example], pool: list[Example]) -> list[Example]:
+        """New instructions like the hard seeds of each task, answered by the teacher (none when
+        ``steps.expand.enabled`` is off or nothing is hard)."""
+        e = self.steps.expand
+        if not (e.enabled and hard):
+            return []
+        config = {"expand": to_container(e), "ratios": self.ratios, "seed": self.seed,
+                  "oracle": [role_signature(self.cfg.oracle, "expander"), role_signature(self.cfg.oracle, "teacher")]}
+        inputs = {"hard": records_hash(hard), "pool": records_hash(pool)}
+
+        def compute():
+            new, counts = expand.expand_hard_seeds(
+                fresh(hard), pool, self.oracle, ratios=self.ratios, total=int(e.per_round), shots=int(e.shots),
+                threshold=float(e.rouge_l_threshold), max_attempts_factor=int(e.max_attempts_factor),
+                seed=self.seed, step="expand", round=r, failure_budget=self.budget)
+            answered, _ = respond.teacher_answers(new, self.oracle, step="expand_teacher", round=r,
+                                                  failure_budget=self.budget) if new else ([], {})
+            counts["teacher_answered"] = len(answered)
+            return answered, counts
+
+        return self._records_step("expand", r, config, inputs, compute).records
+
+    def check_expanded(self, r: int, new_items: list[Example],
+                       student_dir: Path) -> tuple[list[Example], list[Example], float | None]:
+        """How hard the new instructions are for the current student (``steps.expand.verify`` / ``measure``):
+        the student answers them and the judge scores them like the pool. With ``verify`` only those past
+        delta join the hard part (the rest the easy part); otherwise all of them count as hard. Returns
+        (hard part, easy part, fraction hard or None when not measured)."""
+        e = self.steps.expand
+        verify = bool(e.get("verify", False))
+        if not new_items or not (verify or e.get("measure", False)):
+            return new_items, [], None
+        config = {"generation": to_container(self.cfg.generation), "mfd": self._mfd_signature()}
+        inputs = {"expanded": records_hash(new_items), "student": self._hash_of(student_dir)}
+
+        def compute():
+            answered, a_counts = respond.student_answers(fresh(new_items), self.generator, student_dir)
+            judged, j_counts = self._judge(answered, "expand_mfd", r)
+            return judged, {**a_counts, **j_counts}
+
+        checked = self._records_step("expand_mfd", r, config, inputs, compute)
+        hard = [ex for ex in checked.records if ex.meta.get("hard")]
+        fraction = round(len(hard) / len(checked.records), 4)
+        if not verify:
+            return checked.records, [], fraction
+        return hard, [ex for ex in checked.records if not ex.meta.get("hard")], fraction
+
+    def mix(self, r: int, hard: list[Example], easy: list[Example]) -> tuple[StepResult, float]:
+        """The round's mix: alpha_r of size_r from the hard part, the rest easy, balanced to the task ratios.
+        Returns the mix and alpha_r."""
+        ratios = self.ratios
+        config = {"curriculum": to_container(self.cfg.curriculum), "ratios": ratios, "seed": self.seed}
+        inputs = {"hard": records_hash(hard), "easy": records_hash(easy)}
+        alpha, size, mode = curriculum.round_plan(self.cfg.curriculum, r, len(hard) + len(easy))
+
+        def compute():
+            items, counts = curriculum.build_mix(fresh(hard), fresh(easy), alpha=alpha, size=size, mode=mode,
+                                                 resample=balance.resample, ratios=ratios, seed=self.seed, round=r)
+            counts["task_mix_before"] = balance.distribution(hard + easy)
+            counts["task_mix_after"] = balance.distribution(items)
+            return items, counts
+
+        return self._records_step("mix", r, config, inputs, compute), alpha
+
+    def refine(self, r: int, mixed: StepResult) -> StepResult:
+        """D_r: the mix with its answers rewritten in each task's style (``steps.refine``)."""
+        rf = self.steps.refine
+        config = {"refine": to_container(rf), "oracle": role_signature(self.cfg.oracle, "refiner")}
+        inputs = {"mix": mixed.entry.artifact_hash}
+
+        def compute():
+            if not rf.enabled:
+                return fresh(mixed.records), {"refined": 0}
+            return refine.refine_responses(fresh(mixed.records), self.oracle, styles=to_container(rf.styles) or {},
+                                           default_style=rf.get("default_style"), step="refine", round=r,
+                                           failure_budget=self.budget)
+
+        return self._records_step("dataset", r, config, inputs, compute)
+
+    def train(self, r: int, init_dir: Path, data: StepResult, epochs: int | None = None) -> Path:
+        """student_r: the previous student fine-tuned on ``data``."""
         if epochs is None:  # a student may need its own number of passes (a random-init one needs many)
             epochs = self.cfg.student.get("max_epochs")
+        config = {"student": to_container(self.cfg.student), "trainer": to_container(self.cfg.trainer),
+                  "epochs": epochs, "seed": self.seed + r}
+        inputs = {"init": self._hash_of(init_dir), "data": data.entry.artifact_hash}
         work_dir = self.store.round_dir(r) / "train_work"
-        summary_holder: dict[str, Any] = {}
-
-        def fit(tmp: Path) -> dict[str, Any]:
-            self.release_devices()
-            t = train_round(init_dir, [ex.messages(with_output=True) for ex in data.records], tmp,
-                            student_cfg=self.cfg.student, trainer_cfg=self.cfg.trainer, work_dir=work_dir,
-                            seed=self.seed + r, max_epochs=epochs,
-                            callbacks=[LiveMetrics(self.tracker.log_train_step, r)])  # curves while it trains
-            summary_holder["train"] = t
-            return {"steps": t.steps, "tokens": t.tokens, "first_loss": t.first_loss, "final_loss": t.final_loss,
-                    "losses": [round(x, 4) for x in t.losses], "padding_efficiency": t.padding_efficiency,
-                    "resumed_from": t.resumed_from, **t.effective_batch, **t.data}
-
         trained = self.store.run_dir_step(
-            "student", r, {"student": to_container(self.cfg.student), "trainer": to_container(self.cfg.trainer),
-                           "epochs": epochs, "seed": self.seed + r},
-            {"init": self._hash_of(init_dir), "data": data.entry.artifact_hash}, fit, collective=True)
+            "student", r, config, inputs, lambda tmp: self._fit(r, init_dir, data, tmp, epochs, work_dir),
+            collective=True)
         if not trained.reused:
             shutil.rmtree(work_dir, ignore_errors=True)  # mid-round checkpoints are no longer needed
         self._note(r, "student", trained)
@@ -192,115 +352,39 @@ class Pipeline:
             self.tracker.log_series(f"train/loss_round_{r}", counts["losses"], step=r)
         return trained.path
 
+    def _fit(self, r: int, init_dir: Path, data: StepResult, out_dir: Path, epochs: int | None,
+             work_dir: Path) -> dict[str, Any]:
+        from tapir_exp.student.live_metrics import LiveMetrics
+        from tapir_exp.student.train import train_round
+
+        self.release_devices()
+        t = train_round(init_dir, [ex.messages(with_output=True) for ex in data.records], out_dir,
+                        student_cfg=self.cfg.student, trainer_cfg=self.cfg.trainer, work_dir=work_dir,
+                        seed=self.seed + r, max_epochs=epochs,
+                        callbacks=[LiveMetrics(self.tracker.log_train_step, r)])  # curves while it trains
+        return {"steps": t.steps, "tokens": t.tokens, "first_loss": t.first_loss, "final_loss": t.final_loss,
+                "losses": [round(x, 4) for x in t.losses], "padding_efficiency": t.padding_efficiency,
+                "resumed_from": t.resumed_from, **t.effective_batch, **t.data}
+
     def evaluate(self, r: int, model_dir: Path) -> dict[str, float]:
+        """The configured suites (``eval``) on student_r, after every round or only the last."""
         ev = self.cfg.eval
         if not ev.get("every_round", True) and r != curriculum.rounds_to_run(self.cfg.curriculum):
             return {}
-        judged_suites = bool(ev.alpaca_eval.enabled or ev.mt_bench.enabled)
-        skills = bool((ev.get("skills") or {}).get("enabled", False))
+        judged_suites, skills = enabled_suites(self.cfg)
         if not (judged_suites or skills):
             return {}
+        config = {"eval": to_container(ev), "generation": to_container(self.cfg.generation),
+                  "oracle": role_signature(self.cfg.oracle, "eval_judge") if judged_suites else None}
+        inputs = {"student": self._hash_of(model_dir)}
         model_name = f"{self.cfg.name}/{self.cfg.run_name}/round_{r}"
         out_dir = self.store.round_dir(r) / "eval"
-
-        def run_suites() -> dict[str, float]:
-            metrics: dict[str, float] = {}
-            if judged_suites:
-                from tapir_exp.eval.runner import evaluate_round
-
-                metrics.update(evaluate_round(self.cfg, model_dir, self.oracle, self.generator, out_dir, r, model_name))
-            if skills:
-                from tapir_exp.skills.evaluate import evaluate_skills
-
-                metrics.update(evaluate_skills(self.cfg, model_dir, self.generator, out_dir, r))
-            return metrics
-
-        metrics, entry, reused = self.store.run_json_step(
-            "eval", r, {"eval": to_container(ev), "generation": to_container(self.cfg.generation),
-                        "oracle": role_signature(self.cfg.oracle, "eval_judge") if judged_suites else None},
-            {"student": self._hash_of(model_dir)}, run_suites)
+        metrics, entry, _ = self.store.run_json_step(
+            "eval", r, config, inputs,
+            lambda: evaluate_suites(self.cfg, model_dir, lambda: self.oracle, self.generator, out_dir, r, model_name))
         self.summary.update(r, eval=metrics)
         self.summary.add_seconds(r, "eval", entry.seconds)
         return metrics
-
-    # ------------------------------------------------------------------ one round
-    def run_round(self, r: int, pool: list[Example], student_dir: Path) -> tuple[Path, list[Example]]:
-        cfg, steps = self.cfg, self.steps
-        pool_hash = records_hash(pool)
-
-        answers = self.store.run_records_step(
-            "student_answers", r, {"generation": to_container(cfg.generation)},
-            {"pool": pool_hash, "student": self._hash_of(student_dir)},
-            lambda: respond.student_answers(self._judged_subset(fresh(pool), r), self.generator, student_dir))
-        self._note(r, "student_answers", answers)
-        self.summary.update(r, student_answers=dict(answers.entry.counts))  # answered, truncated, prompts_shortened
-
-        judged = self.store.run_records_step(
-            "mfd", r, self._mfd_signature(), {"answers": answers.entry.artifact_hash},
-            lambda: self._judge(fresh(answers.records), "mfd", r))
-        self._note(r, "mfd", judged)
-
-        hard, easy = self.select(judged, r)
-        by_task_hard = Counter(ex.task or "Others" for ex in hard)  # what was selected as "hard"
-        # what MFD finds hard, per task, whatever the selection (random selection ablates only the choice)
-        judged_by_task = Counter(ex.task or "Others" for ex in judged.records)
-        mfd_hard_by_task = Counter(ex.task or "Others" for ex in judged.records if ex.meta.get("hard"))
-
-        e = steps.expand
-        if e.enabled and hard:
-            expanded = self.store.run_records_step(
-                "expand", r, {"expand": to_container(e), "ratios": self.ratios, "seed": self.seed,
-                              "oracle": [role_signature(cfg.oracle, "expander"), role_signature(cfg.oracle, "teacher")]},
-                {"hard": records_hash(hard), "pool": pool_hash},
-                lambda: self._expand(hard, pool, r))
-            self._note(r, "expand", expanded)
-            new_items = expanded.records
-        else:
-            new_items = []
-        new_hard, new_easy, expanded_hard_fraction = self.check_expanded(new_items, student_dir, r)
-
-        ratios = self.ratios
-        hard_candidates = hard + new_hard
-        easy = easy + new_easy
-        alpha, size, mode = curriculum.round_plan(cfg.curriculum, r, len(hard_candidates) + len(easy))
-
-        def mix():
-            items, counts = curriculum.build_mix(
-                fresh(hard_candidates), fresh(easy), alpha=alpha, size=size, mode=mode,
-                resample=balance.resample, ratios=ratios, seed=self.seed, round=r)
-            counts["task_mix_before"] = balance.distribution(hard_candidates + easy)
-            counts["task_mix_after"] = balance.distribution(items)
-            return items, counts
-
-        mixed = self.store.run_records_step(
-            "mix", r, {"curriculum": to_container(cfg.curriculum), "ratios": ratios, "seed": self.seed},
-            {"hard": records_hash(hard_candidates), "easy": records_hash(easy)}, mix)
-        self._note(r, "mix", mixed)
-
-        rf = steps.refine
-        dataset = self.store.run_records_step(
-            "dataset", r, {"refine": to_container(rf), "oracle": role_signature(cfg.oracle, "refiner")},
-            {"mix": mixed.entry.artifact_hash},
-            lambda: refine.refine_responses(fresh(mixed.records), self.oracle, styles=to_container(rf.styles) or {},
-                                            default_style=rf.get("default_style"), step="refine", round=r,
-                                            failure_budget=self.budget)
-            if rf.enabled else (fresh(mixed.records), {"refined": 0}))
-        self._note(r, "dataset", dataset)
-
-        mfds = [ex.meta.get("mfd") for ex in judged.records if ex.meta.get("mfd") is not None]
-        self.summary.update(
-            r, pool_size=len(pool), judged=len(judged.records), hard_count=len(hard),
-            hard_fraction=round(len(hard) / max(1, len(judged.records)), 4), alpha=alpha, round_size=len(dataset.records),
-            expanded=len(new_items), expanded_hard_fraction=expanded_hard_fraction, task_mix_before=mixed.entry.counts.get("task_mix_before"),
-            task_mix_after=mixed.entry.counts.get("task_mix_after"), mfd=[round(x, 3) for x in mfds],
-            hard_by_task=dict(by_task_hard), judged_by_task=dict(judged_by_task),
-            mfd_hard_by_task=dict(mfd_hard_by_task), mean_mfd=round(sum(mfds) / len(mfds), 4) if mfds else None,
-            refined=dataset.entry.counts.get("refined", 0),
-            student_prompts_shortened=answers.entry.counts.get("prompts_shortened", 0))
-        self._log_round_data(r, judged.records, dataset)
-
-        new_student = self.train(r, student_dir, dataset)
-        return new_student, pool + fresh(new_items)
 
     def _judged_subset(self, pool: list[Example], r: int) -> list[Example]:
         cap = self.steps.mfd.get("max_items")
@@ -321,70 +405,36 @@ class Pipeline:
                                justification_tokens=int(m.get("justification_tokens") or 0), step=step, round=r,
                                failure_budget=self.budget)
 
-    def select(self, judged: StepResult, r: int) -> tuple[list[Example], list[Example]]:
-        """Hard/easy split: by MFD (TAPIR), or a random subset of the same size (ablation). The chosen ids are
-        an artifact of their own (``round_<r>/select.json``)."""
-        selection = self.steps.mfd.selection
-        if selection not in ("mfd", "random"):
-            from tapir_exp.errors import ConfigError
-
-            raise ConfigError("steps.mfd.selection", f"expected mfd or random, got {selection!r}")
-        records = judged.records
-
-        def choose() -> dict[str, Any]:
-            hard = [ex.id for ex in records if ex.meta.get("hard")]
-            if selection == "random":
-                picked = random.Random(f"{self.seed}/random-select/{r}").sample(range(len(records)), len(hard))
-                hard = [records[i].id for i in sorted(picked)]
-            return {"selection": selection, "hard": hard}
-
-        doc, entry, _ = self.store.run_json_step("select", r, {"selection": selection, "seed": self.seed},
-                                                 {"mfd": judged.entry.artifact_hash}, choose)
-        self.summary.add_seconds(r, "select", entry.seconds)
-        ids = set(doc["hard"])
-        return [ex for ex in records if ex.id in ids], [ex for ex in records if ex.id not in ids]
-
-    def check_expanded(self, new_items: list[Example], student_dir: Path,
-                       r: int) -> tuple[list[Example], list[Example], float | None]:
-        """How hard the new instructions are for the current student (``steps.expand.verify`` / ``measure``):
-        the student answers them and the judge scores them like the pool. With ``verify`` only those past
-        delta join the hard part (the rest the easy part); otherwise all of them count as hard. Returns
-        (hard part, easy part, fraction hard or None when not measured)."""
-        e = self.steps.expand
-        verify = bool(e.get("verify", False))
-        if not new_items or not (verify or e.get("measure", False)):
-            return new_items, [], None
-
-        def answer_and_judge():
-            answered, a_counts = respond.student_answers(fresh(new_items), self.generator, student_dir)
-            judged, j_counts = self._judge(answered, "expand_mfd", r)
-            return judged, {**a_counts, **j_counts}
-
-        checked = self.store.run_records_step(
-            "expand_mfd", r, {"generation": to_container(self.cfg.generation), "mfd": self._mfd_signature()},
-            {"expanded": records_hash(new_items), "student": self._hash_of(student_dir)}, answer_and_judge)
-        self._note(r, "expand_mfd", checked)
-        hard = [ex for ex in checked.records if ex.meta.get("hard")]
-        fraction = round(len(hard) / len(checked.records), 4)
-        if not verify:
-            return checked.records, [], fraction
-        return hard, [ex for ex in checked.records if not ex.meta.get("hard")], fraction
-
-    def _expand(self, hard: list[Example], pool: list[Example], r: int):
-        e = self.steps.expand
-        new, counts = expand.expand_hard_seeds(
-            fresh(hard), pool, self.oracle, ratios=self.ratios, total=int(e.per_round), shots=int(e.shots),
-            threshold=float(e.rouge_l_threshold), max_attempts_factor=int(e.max_attempts_factor), seed=self.seed,
-            step="expand", round=r, failure_budget=self.budget)
-        answered, t_counts = respond.teacher_answers(new, self.oracle, step="expand_teacher", round=r,
-                                                     failure_budget=self.budget) if new else ([], {})
-        counts["teacher_answered"] = len(answered)
-        return answered, counts
+    def record_round(self, r: int, pool: list[Example], answers: StepResult, judged: StepResult,
+                     hard: list[Example], new_items: list[Example], expanded_hard_fraction: float | None,
+                     mixed: StepResult, alpha: float, dataset: StepResult) -> None:
+        """The round's numbers in the run summary and the tracker."""
+        by_task_hard = Counter(ex.task or "Others" for ex in hard)  # what was selected as "hard"
+        # what MFD finds hard, per task, whatever the selection (random selection ablates only the choice)
+        judged_by_task = Counter(ex.task or "Others" for ex in judged.records)
+        mfd_hard_by_task = Counter(ex.task or "Others" for ex in judged.records if ex.meta.get("hard"))
+        mfds = [ex.meta.get("mfd") for ex in judged.records if ex.meta.get("mfd") is not None]
+        self.summary.update(
+            r, pool_size=len(pool), judged=len(judged.records), hard_count=len(hard),
+            hard_fraction=round(len(hard) / max(1, len(judged.records)), 4), alpha=alpha, round_size=len(dataset.records),
+            expanded=len(new_items), expanded_hard_fraction=expanded_hard_fraction, task_mix_before=mixed.entry.counts.get("task_mix_before"),
+            task_mix_after=mixed.entry.counts.get("task_mix_after"), mfd=[round(x, 3) for x in mfds],
+            hard_by_task=dict(by_task_hard), judged_by_task=dict(judged_by_task),
+            mfd_hard_by_task=dict(mfd_hard_by_task), mean_mfd=round(sum(mfds) / len(mfds), 4) if mfds else None,
+            refined=dataset.entry.counts.get("refined", 0),
+            student_prompts_shortened=answers.entry.counts.get("prompts_shortened", 0))
+        self._log_round_data(r, judged.records, dataset)
 
     # ------------------------------------------------------------------ bookkeeping
     def _hash_of(self, path: Path) -> str:
         """The recorded hash of an artifact this run produced (no re-hashing of multi-GB checkpoints)."""
         return self.store.hash_of(path)
+
+    def _records_step(self, step: str, r: int, config: dict[str, Any], inputs: dict[str, Any], compute: Any) -> StepResult:
+        """A records step through the store (reused when its signature is unchanged), noted in the summary."""
+        result = self.store.run_records_step(step, r, config, inputs, compute)
+        self._note(r, step, result)
+        return result
 
     def _note(self, r: int, step: str, result: StepResult) -> None:
         self.summary.add_seconds(r, step, result.entry.seconds)
@@ -422,17 +472,8 @@ def run_pipeline(cfg: DictConfig, run_dir: Path, tracker: Any) -> dict[str, Any]
     """Warm-up, then R curriculum rounds; returns the last round's metrics (``objective`` for sweepers)."""
     p = Pipeline(cfg, run_dir, tracker)
     try:
-        t0 = time.time()
-        pool = p.seed_pool()
-        student = p.warmup(pool)
-        p.evaluate(0, student)
-        p.finish_round(0, t0)
+        student = p.run()
         rounds = curriculum.rounds_to_run(cfg.curriculum)
-        for r in range(1, rounds + 1):
-            t0 = time.time()
-            student, pool = p.run_round(r, pool, student)
-            p.evaluate(r, student)
-            p.finish_round(r, t0)
         if p.leader:
             _link_final(student, p.store.root / "final_student")
         metrics = p.summary.flat_metrics(rounds)
@@ -451,13 +492,7 @@ def _link_final(student: Path, final: Path) -> None:
     final.symlink_to(student.relative_to(final.parent), target_is_directory=True)
 
 
-def plan(cfg: DictConfig) -> dict[str, Any]:
-    from tapir_exp.plan import estimate
-
-    return estimate(cfg)
-
-
-__all__ = ["run_pipeline", "plan", "Pipeline"]
+__all__ = ["run_pipeline", "Pipeline"]
 
 
 class _AfterOracleRelease:

@@ -37,9 +37,9 @@ def run(cfg: DictConfig) -> dict[str, Any] | None:
     a multirun never share a W&B run."""
     run_dir = setup_run_dir(cfg)
     if cfg.mode == "plan":
-        from tapir_exp.pipeline import plan
+        from tapir_exp.plan import estimate
 
-        return plan(cfg)
+        return estimate(cfg)
     from tapir_exp.distributed import check_world, clear_leader_failed, launch_rank, mark_leader_failed
     from tapir_exp.tracking import NullTracker
 

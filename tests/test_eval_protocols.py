@@ -414,3 +414,30 @@ def test_mode_eval_scores_answer_files_without_a_model(tmp_path, monkeypatch):
     answers = [json.loads(x) for x in (tmp_path / "run/eval/mt_bench_answers.jsonl").read_text().splitlines()]
     theirs = [json.loads(x) for x in (FASTCHAT_DATA / "model_answer/student-x.jsonl").read_text().splitlines()]
     assert [a["choices"][0]["turns"] for a in answers] == [t["choices"][0]["turns"] for t in theirs]
+
+
+def test_mode_eval_runs_the_skills_suite_as_the_pipeline_does(tmp_path, monkeypatch):
+    """mode=eval and the per-round eval share one dispatch (tapir_exp.eval.suites): with only the skills suite on,
+    the standalone eval scores a checkpoint on it and builds no judge (the OpenAI backend has no key here, so
+    building it would fail)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from tapir_exp.eval.standalone import evaluate_model
+    from tapir_exp.student.models import TinyLlamaInit
+    from tapir_exp.tracking import NullTracker
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    model = tmp_path / "model"
+    TinyLlamaInit(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                  num_key_value_heads=1, max_position_embeddings=256)(model, corpus=["Answer: 42", "What is 2 + 2?"])
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("tapir", overrides=[
+            "mode=eval", "oracle=openai", f"paths.run_dir={tmp_path / 'run'}", f"eval.model={model}",
+            "eval.alpaca_eval.enabled=false", "eval.mt_bench.enabled=false", "eval.skills.enabled=true",
+            "+eval.skills.per_cell=1", "generation.max_new_tokens=4"])
+    GlobalHydra.instance().clear()
+    m = evaluate_model(cfg, tmp_path / "run", NullTracker())["metrics"]
+    assert "skills/accuracy" in m and 0.0 <= m["skills/accuracy"] <= 1.0, sorted(m)
+    assert not any(k.startswith(("alpaca_eval/", "mt_bench/")) for k in m)

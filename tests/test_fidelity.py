@@ -162,6 +162,7 @@ def alpaca_sized(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow  # the plan is a dry run of the whole pipeline over 52K items (~35 s of CPU each)
 @pytest.mark.parametrize("fmt,per_item", [("pair", 2), ("single", 4)])
 def test_plan_counts_judge_requests_per_format(alpaca_sized, tmp_path, monkeypatch, fmt, per_item):
     """One round on a 52K pool: 104K judge requests in pair format, 208K in single format."""
