@@ -157,15 +157,16 @@ class Pipeline:
 
     # ------------------------------------------------------------------ shared steps
     def train(self, r: int, init_dir: Path, data: StepResult, epochs: int | None = None) -> Path:
-        from tapir_exp.student.live_metrics import LiveMetrics
-        from tapir_exp.student.train import train_round
-
         if epochs is None:  # a student may need its own number of passes (a random-init one needs many)
             epochs = self.cfg.student.get("max_epochs")
         work_dir = self.store.round_dir(r) / "train_work"
         summary_holder: dict[str, Any] = {}
 
         def fit(tmp: Path) -> dict[str, Any]:
+            # imported here: a reused round imports neither torch nor Lightning
+            from tapir_exp.student.live_metrics import LiveMetrics
+            from tapir_exp.student.train import train_round
+
             self.release_devices()
             t = train_round(init_dir, [ex.messages(with_output=True) for ex in data.records], tmp,
                             student_cfg=self.cfg.student, trainer_cfg=self.cfg.trainer, work_dir=work_dir,
@@ -401,7 +402,7 @@ class Pipeline:
                          j.get("teacher"), j.get("student"), ex.meta.get("mfd"), bool(ex.meta.get("hard"))])
         self.tracker.log_table("samples", ["id", "instruction", "task", "teacher", "student", "teacher_score",
                                            "student_score", "mfd", "hard"], rows, step=r)
-        self.tracker.log_artifact(dataset.path, f"dataset_round_{r}", "dataset")
+        self.tracker.log_artifact(dataset.path, f"dataset_round_{r}", "dataset", step=r)
 
     def finish_round(self, r: int, t0: float) -> None:
         self.summary.update(r, oracle=usage_for_round(self.oracle_usage(), r), wall_seconds=round(time.time() - t0, 1))
