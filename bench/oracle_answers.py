@@ -80,6 +80,7 @@ def main() -> None:
     ap.add_argument("--items", type=int, default=32)
     args = ap.parse_args()
     cache_dir = tempfile.mkdtemp(prefix="tapir-oracle-bench-")
+    sys.path.insert(0, str(REPO))  # this checkout's package, whatever the venv's editable install points at
     from tapir_exp.llm.smollm2 import smollm2_hf_dir
 
     smollm2_hf_dir(cache_dir)  # converted once here, so neither side's timing includes the conversion
