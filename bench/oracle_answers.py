@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -83,9 +84,12 @@ def main() -> None:
     sys.path.insert(0, str(REPO))  # this checkout's package, whatever the venv's editable install points at
     from tapir_exp.llm.smollm2 import smollm2_hf_dir
 
-    smollm2_hf_dir(cache_dir)  # converted once here, so neither side's timing includes the conversion
-    before = run(args.against.resolve(), args.items, cache_dir)
-    after = run(REPO, args.items, cache_dir)
+    try:
+        smollm2_hf_dir(cache_dir)  # converted once here, so neither side's timing includes the conversion
+        before = run(args.against.resolve(), args.items, cache_dir)
+        after = run(REPO, args.items, cache_dir)
+    finally:
+        shutil.rmtree(cache_dir, ignore_errors=True)
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     for name, d in (("against", before), ("this checkout", after)):
         s = d["seconds"]
