@@ -354,6 +354,7 @@ class Pipeline:
 
     def _fit(self, r: int, init_dir: Path, data: StepResult, out_dir: Path, epochs: int | None,
              work_dir: Path) -> dict[str, Any]:
+        # imported here: a reused round imports neither torch nor Lightning
         from tapir_exp.student.live_metrics import LiveMetrics
         from tapir_exp.student.train import train_round
 
@@ -452,7 +453,7 @@ class Pipeline:
                          j.get("teacher"), j.get("student"), ex.meta.get("mfd"), bool(ex.meta.get("hard"))])
         self.tracker.log_table("samples", ["id", "instruction", "task", "teacher", "student", "teacher_score",
                                            "student_score", "mfd", "hard"], rows, step=r)
-        self.tracker.log_artifact(dataset.path, f"dataset_round_{r}", "dataset")
+        self.tracker.log_artifact(dataset.path, f"dataset_round_{r}", "dataset", step=r)
 
     def finish_round(self, r: int, t0: float) -> None:
         self.summary.update(r, oracle=usage_for_round(self.oracle_usage(), r), wall_seconds=round(time.time() - t0, 1))

@@ -23,13 +23,16 @@ def setup_run_dir(cfg: DictConfig) -> Path:
 
 
 def build_tracker(cfg: DictConfig, run_dir: Path) -> Any:
-    """The logger of ``conf/logger`` (W&B, CSV or none), given the redacted config and run identity."""
-    if cfg.get("logger") is None or cfg.logger.get("_target_") is None:
-        from tapir_exp.tracking import NullTracker
+    """The logger of ``conf/logger`` (W&B, CSV or none), given the redacted config and run identity; started
+    on its first new entry (:class:`~tapir_exp.tracking.LazyTracker`), so a finished run run again starts none."""
+    from tapir_exp.steps.curriculum import rounds_to_run
+    from tapir_exp.tracking import LazyTracker, NullTracker
 
+    if cfg.get("logger") is None or cfg.logger.get("_target_") is None:
         return NullTracker()
-    return instantiate(cfg.logger, run_dir=str(run_dir), run_config=redacted_container(cfg), _recursive_=False,
-                       _convert_="all")
+    tracker = LazyTracker(lambda: instantiate(cfg.logger, run_dir=str(run_dir), run_config=redacted_container(cfg),
+                                              _recursive_=False, _convert_="all"), run_dir)
+    return tracker.start_unless_logged(list(range(rounds_to_run(cfg.curriculum) + 1)) if cfg.mode == "run" else None)
 
 
 def run(cfg: DictConfig) -> dict[str, Any] | None:

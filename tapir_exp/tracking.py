@@ -76,11 +76,65 @@ class NullTracker:
     def log_table(self, key: str, columns: list[str], rows: list[list[Any]], step: int | None = None) -> None:
         pass
 
-    def log_artifact(self, path: str | Path, name: str, kind: str) -> None:
+    def log_artifact(self, path: str | Path, name: str, kind: str, step: int | None = None) -> None:
         pass
 
     def finish(self, exit_code: int = 0) -> None:
         pass
+
+
+class LazyTracker(NullTracker):
+    """The configured tracker, built on the first call that would log something new.
+
+    A finished run run again logs nothing new (every round is in ``metrics.jsonl``), so it starts no W&B
+    run at all: ``wandb.init`` costs seconds and a service process. What an earlier attempt logged is read
+    here the same way the real tracker reads it, so both skip the same calls. A run with rounds still to
+    log starts it at once (:meth:`start_unless_logged`), so a W&B setting it refuses stops the run before
+    any work, not after the first round."""
+
+    def __init__(self, build: Any, run_dir: str | Path):
+        super().__init__(str(run_dir))
+        self._build, self.inner = build, None
+
+    def start_unless_logged(self, rounds: list[int] | None) -> LazyTracker:
+        """Start now unless every round of ``rounds`` was logged by an earlier attempt (``None``: start)."""
+        if rounds is None or not set(rounds) <= self.logged_rounds:
+            self._started()
+        return self
+
+    def _started(self) -> Any:
+        if self.inner is None:
+            self.inner = self._build()
+        return self.inner
+
+    def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        if not self.reused(step):
+            self._started().log_metrics(metrics, step)
+
+    def log_train_step(self, round: int, step: int, metrics: dict[str, float]) -> bool:
+        if self.reused(round) or step <= self.logged_steps.get(round, -1):
+            return False
+        return self._started().log_train_step(round, step, metrics)
+
+    def log_histogram(self, key: str, values: list[float], step: int | None = None) -> None:
+        if not self.reused(step):
+            self._started().log_histogram(key, values, step)
+
+    def log_series(self, key: str, values: list[float], step: int | None = None) -> None:
+        if not self.reused(step):
+            self._started().log_series(key, values, step)
+
+    def log_table(self, key: str, columns: list[str], rows: list[list[Any]], step: int | None = None) -> None:
+        if not self.reused(step):
+            self._started().log_table(key, columns, rows, step)
+
+    def log_artifact(self, path: str | Path, name: str, kind: str, step: int | None = None) -> None:
+        if not self.reused(step):
+            self._started().log_artifact(path, name, kind, step)
+
+    def finish(self, exit_code: int = 0) -> None:
+        if self.inner is not None:
+            self.inner.finish(exit_code=exit_code)
 
 
 class CSVTracker(NullTracker):
@@ -177,7 +231,9 @@ class WandbTracker(NullTracker):
         if not self.reused(step):
             self._log_round({key: self._wandb.Table(columns=columns, data=rows)}, step)
 
-    def log_artifact(self, path: str | Path, name: str, kind: str) -> None:
+    def log_artifact(self, path: str | Path, name: str, kind: str, step: int | None = None) -> None:
+        if self.reused(step):  # logged with that round by an earlier attempt
+            return
         art = self._wandb.Artifact(name.replace("/", "-"), type=kind)
         p = Path(path)
         (art.add_dir if p.is_dir() else art.add_file)(str(p))

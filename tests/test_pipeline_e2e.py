@@ -120,6 +120,56 @@ def test_rerun_after_completion_sends_nothing_and_changes_nothing(server, refere
     assert datasets(run_dir) == want
 
 
+def test_console_shows_no_known_library_noise_and_the_run_log_keeps_it(reference_run):
+    """Each training round used to print Lightning's LitLogger tip and LeafSpec warning, "Found N module(s) in
+    eval mode", DeepSpeed's accelerator guess and the model loading bars (tapir_exp/console.py says why each is
+    noise). The console shows none of them; tapir.log keeps the library messages (the eval-mode warning is
+    fixed at its source: the student trains in train mode)."""
+    proc = reference_run["proc"]
+    console = proc.stdout + proc.stderr
+    log = (reference_run["run_dir"] / "tapir.log").read_text()
+    assert "round 2" in proc.stdout  # the round tables are there
+    for text in ("Tip: For seamless cloud logging", "LeafSpec", "Setting accelerator to CPU",
+                 "module(s) in eval mode", "Loading weights", "Writing model shards"):
+        assert text not in console, text
+    assert "Tip: For seamless cloud logging" in log and "Setting accelerator to CPU" in log
+    assert "module(s) in eval mode" not in log
+    assert "`Trainer.fit` stopped" in log and "`Trainer.fit` stopped" in proc.stdout  # the rest of Lightning's lines
+    assert "INFO: " not in proc.stderr  # ... once, by the run's console handler (not again by Lightning's own)
+
+
+def manifest_entries(run_dir: Path) -> dict[str, float]:
+    """``round/step`` -> when the store committed it: a recomputed step gets a new time."""
+    return {f"{e['round']}/{e['step']}": e["finished_at"]
+            for e in json.loads((run_dir / "manifest.json").read_text())["steps"]}
+
+
+# The CLI in a subprocess that reports, at exit, which heavy libraries it imported (the interpreter's own
+# module table: a model cannot be loaded, a trainer or a W&B run started, without importing them).
+HEAVY = ("torch", "transformers", "lightning", "wandb", "deepspeed")
+REPORTING_CLI = ("import atexit, json, runpy, sys\n"
+                 f"atexit.register(lambda: print('IMPORTED=' + json.dumps([m for m in {HEAVY!r} if m in sys.modules])))\n"
+                 "sys.argv[0] = 'tapir'\n"
+                 "runpy.run_module('tapir_exp.cli', run_name='__main__')\n")
+
+
+def test_rerun_of_a_finished_run_loads_nothing_and_recomputes_nothing(server, reference_run):
+    """Even with W&B as the logger: every round was logged, so no W&B run starts; every step (eval included)
+    comes from the store, so no model, trainer or oracle is built."""
+    run_dir = reference_run["run_dir"]
+    before = manifest_entries(run_dir)
+    proc = subprocess.run([TAPIR[0], "-c", REPORTING_CLI, *fast_overrides(server.base_url), "logger=wandb"],
+                          cwd=reference_run["root"], env=tapir_env(reference_run["root"]), capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    imported = json.loads(proc.stdout.split("IMPORTED=")[-1].splitlines()[0])
+    assert imported == [], imported
+    assert manifest_entries(run_dir) == before
+    assert {k for k in before if k.endswith("/eval")} == {"0/eval", "1/eval", "2/eval"}
+    assert not (run_dir / "wandb").exists()
+    assert "round 2" in proc.stdout  # the round tables are shown again, from the summary
+
+
 def _kill_when(proc: subprocess.Popen, ready, timeout: float = 600) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -160,9 +210,15 @@ def test_killed_run_resumes_to_the_same_datasets_without_paying_twice(server, re
     proc = subprocess.Popen(TAPIR + args, cwd=root, env=tapir_env(root), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     _kill_when(proc, conditions[moment])
+    committed = manifest_entries(run_dir_of(root))
     in_flight_bound = 8  # oracle.limits.concurrency in fast_overrides
     done = run_tapir(args, root, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
+    # what the killed attempt committed (in the last round: earlier rounds' eval among it) is not computed again
+    after = manifest_entries(run_dir_of(root))
+    assert {k: after[k] for k in committed} == committed
+    if moment == "late_round":
+        assert {"0/eval", "1/eval"} <= committed.keys()
     assert datasets(run_dir_of(root)) == datasets(reference_run["run_dir"])
     paid = server.request_count - start
     # Each request is paid once; only those in flight at the kill may have been sent again.

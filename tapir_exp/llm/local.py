@@ -17,6 +17,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +40,11 @@ class LocalBackend(Backend):
         self.cache_dir = Path(cache_dir) if cache_dir else Path.home() / ".cache" / "tapir" / "models"
         self._model = self._tok = None
         self._lock = threading.Lock()
+        # Where the time goes, per request kind (the first part of the request id: teacher, judge, refine ...):
+        # prompt tokens (with padding) and seconds of the prefill forward pass, generated steps x rows and
+        # seconds of decoding. Read by Oracle (``<run_dir>/oracle_profile.json``) and bench/.
+        self.profile: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+        self.load_seconds = 0.0
 
     def supports_logprobs(self) -> bool:
         return True
@@ -53,6 +60,7 @@ class LocalBackend(Backend):
 
         from tapir_exp.model_files import smollm2_hf_dir
 
+        t0 = time.perf_counter()
         path = smollm2_hf_dir(self.cache_dir, "oracle.backends.local.model") if self.model == "smollm2" \
             else Path(self.model)
         self._tok = AutoTokenizer.from_pretrained(path)
@@ -61,6 +69,9 @@ class LocalBackend(Backend):
             self._tok.pad_token = self._tok.eos_token
         self._model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, self.dtype)).to(self.device)
         self._model.eval()
+        self.load_seconds = round(time.perf_counter() - t0, 3)
+        log.info("local oracle: %s loaded in %.1f s (%d torch threads)", path.name, self.load_seconds,
+                 torch.get_num_threads())
 
     async def complete(self, request: ChatRequest) -> ChatResult:
         out = (await self.complete_batch([request]))[0]
@@ -124,9 +135,21 @@ class LocalBackend(Backend):
             kw.update(do_sample=True, temperature=temperature, top_p=top_p)
         else:
             kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        clock = _StepClock()
+        t0 = time.perf_counter()
         with torch.inference_mode():
-            gen = model.generate(**enc, **kw)
+            gen = model.generate(**enc, **kw, logits_processor=[clock])
+        t_end = time.perf_counter()
         prompt_len = enc["input_ids"].shape[1]
+        prof = self.profile[reqs[0].id.split("/")[0] or "?"]
+        prof["batches"] += 1
+        prof["requests"] += len(reqs)
+        prof["prompt_tokens"] += int(enc["attention_mask"].sum())
+        prof["padded_prompt_tokens"] += int(enc["input_ids"].numel())
+        prof["prefill_s"] += (clock.first or t_end) - t0
+        prof["decode_steps"] += max(0, clock.calls - 1)
+        prof["decode_rows"] += max(0, clock.calls - 1) * len(reqs)
+        prof["decode_s"] += t_end - (clock.first or t_end)
         eos = {tok.eos_token_id} | set(getattr(model.generation_config, "eos_token_id", None) or []
                                         if isinstance(getattr(model.generation_config, "eos_token_id", None), list)
                                         else [model.generation_config.eos_token_id])
@@ -157,3 +180,31 @@ class LocalBackend(Backend):
                                       top_logprobs=top, meta={"shortened": fitted[b].removed} if fitted[b].removed
                                       else {}))
         return results
+
+
+class _StepClock:
+    """A logits processor that only watches: called once per generated token, the first time right after the
+    prompt's forward pass, so ``first - start`` is the prefill and the rest is decoding."""
+
+    def __init__(self) -> None:
+        self.first: float | None = None
+        self.calls = 0
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        if self.first is None:
+            self.first = time.perf_counter()
+        self.calls += 1
+        return scores
+
+
+def profile_summary(profile: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Per request kind: the counters plus prefill and decode throughput (tokens/s)."""
+    out = {}
+    for kind, p in sorted(profile.items()):
+        row = {k: round(v, 3) for k, v in p.items()}
+        row["prefill_tok_per_s"] = round(p["padded_prompt_tokens"] / p["prefill_s"], 1) if p["prefill_s"] else None
+        row["decode_tok_per_s"] = round(p["decode_rows"] / p["decode_s"], 1) if p["decode_s"] else None
+        row["padding_share"] = round(1 - p["prompt_tokens"] / p["padded_prompt_tokens"], 3) \
+            if p["padded_prompt_tokens"] else None
+        out[kind] = row
+    return out

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import random
 import sys
 import threading
@@ -207,6 +208,15 @@ class Oracle:
 
     def _save_usage(self) -> None:
         self.usage.save()
+        profiles = {name: b.profile for name, b in self._backends.items() if getattr(b, "profile", None)}
+        if profiles and self.run_dir is not None:  # in-process backends: where their time went (bench/README.md)
+            from tapir_exp.llm.local import profile_summary
+
+            doc = {name: {"load_s": getattr(self._backends[name], "load_seconds", None),
+                          "by_kind": profile_summary(p)} for name, p in profiles.items()}
+            tmp = self.run_dir / "oracle_profile.json.tmp"
+            tmp.write_text(json.dumps(doc, indent=1))
+            os.replace(tmp, self.run_dir / "oracle_profile.json")
 
     def _parse_with_retries(self, role, requests, results, parser, step, round) -> list[ChatResult]:
         todo = list(range(len(results)))

@@ -122,6 +122,10 @@ class SFTModule(L.LightningModule):
         strategy = self._trainer.strategy if self._trainer is not None else None
         zero3 = strategy.config if getattr(strategy, "zero_stage_3", False) else None
         self.model, self._hf_ds = build_student_model(self.model_dir, self.param_dtype, self.attn, zero3, self.gc, self.lora)
+        # from_pretrained returns the model in eval mode and Lightning (>= 2.2) keeps the mode it is given
+        # (it warned "Found N module(s) in eval mode" every round): train mode turns on dropout where the
+        # config has some and transformers' gradient checkpointing, which it applies only while training.
+        self.model.train()
 
     def train_dataloader(self):
         return torch.utils.data.DataLoader(self.examples, batch_sampler=self.sampler,
@@ -202,6 +206,9 @@ def train_round(init_dir: str | Path, conversations: list[list[dict[str, str]]],
                 max_epochs: int | None = None, callbacks: list[L.Callback] | None = None) -> TrainSummary:
     """Train, write the HF checkpoint, and give the devices back: when this returns, no trainer, engine, model or
     optimizer of the round is left alive (the next step may start a vLLM worker on the same GPUs)."""
+    from tapir_exp.console import adopt_lightning_console
+
+    adopt_lightning_console()  # Lightning's lines once, through the run's console filter and tapir.log
     try:
         return _train_round(init_dir, conversations, out_dir, student_cfg=student_cfg, trainer_cfg=trainer_cfg,
                             work_dir=work_dir, seed=seed, max_epochs=max_epochs, callbacks=callbacks)
