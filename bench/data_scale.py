@@ -159,7 +159,7 @@ def run_size(n: int, tmp: Path) -> dict[str, float]:
     hard = [ex for i, ex in enumerate(labelled) if i in hard_ids]
     easy = [ex for i, ex in enumerate(labelled) if i not in hard_ids]
     timed("mix", lambda: curriculum.build_mix(hard, easy, alpha=0.5, size=n // 2, mode="curriculum",
-                                              resample=balance.resample, ratios=ratios, seed=0, round=1))
+                                              resample=balance.resample, ratios=ratios, seed=0, rnd=1))
 
     def bookkeeping():
         items = fresh(labelled)

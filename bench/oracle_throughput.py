@@ -36,7 +36,7 @@ def timed(base_url: str, cache: Path, n: int, concurrency: int, tag: str, http_c
     o = build_oracle(cfg, None)
     reqs = [o.request("teacher", [{"role": "user", "content": f"{tag} {i}"}]) for i in range(n)]
     c0, t0 = time.process_time(), time.perf_counter()
-    res = o.chat_many("teacher", reqs, step="bench", round=0)
+    res = o.chat_many("teacher", reqs, step="bench", rnd=0)
     dt, cpu = time.perf_counter() - t0, time.process_time() - c0
     sent = o.usage.summary()["total"]["requests"]
     o.close()

@@ -82,7 +82,7 @@ def main() -> None:
         "progress": False})
     t0 = time.perf_counter()
     oracle.chat_many("teacher", [oracle.request("teacher", [{"role": "user", "content": "hi"}], id="warm")],
-                     step="warm-up", round=0)  # starts the oracle's engine worker
+                     step="warm-up", rnd=0)  # starts the oracle's engine worker
     oracle_start = time.perf_counter() - t0
     requests = [oracle.request("teacher", c, id=f"b/{i}") for i, c in enumerate(convs)]
 
@@ -109,7 +109,7 @@ def main() -> None:
         keep("raw LLM.chat", time.perf_counter() - t0, sum(len(o.outputs[0].token_ids) for o in chat_out))
 
         t0 = time.perf_counter()
-        res = oracle.chat_many("teacher", requests, step="bench", round=rep)
+        res = oracle.chat_many("teacher", requests, step="bench", rnd=rep)
         keep("ours oracle=vllm via Oracle.chat_many", time.perf_counter() - t0, sum(r.completion_tokens for r in res))
         same = sum(r.ok and r.text == o.outputs[0].text for r, o in zip(res, chat_out, strict=True))
         print(f"repeat {rep}: oracle answers identical to raw LLM.chat for {same}/{len(res)} requests", flush=True)

@@ -155,7 +155,7 @@ class Pipeline:
             items = fresh(pool)
             have = [ex for ex in items if use_given and ex.output.strip()]
             need = [ex for ex in items if not (use_given and ex.output.strip())]
-            answered, counts = respond.teacher_answers(need, self.oracle, step="teacher", round=0,
+            answered, counts = respond.teacher_answers(need, self.oracle, step="teacher", rnd=0,
                                                        failure_budget=self.budget) if need else ([], {})
             for ex in have:
                 ex.meta["teacher"] = {"given": True}
@@ -176,7 +176,7 @@ class Pipeline:
             return classify.label_tasks(fresh(teacher.records), self.oracle, labels=labels, fallback=fallback,
                                         method=c.method, sample_size=int(c.sample_size),
                                         holdout_fraction=float(c.holdout_fraction), seed=self.seed, step="classify",
-                                        round=0, failure_budget=self.budget)
+                                        rnd=0, failure_budget=self.budget)
 
         return self._records_step("classify", 0, config, inputs, compute)
 
@@ -265,8 +265,8 @@ class Pipeline:
             new, counts = expand.expand_hard_seeds(
                 fresh(hard), pool, self.oracle, ratios=self.ratios, total=int(e.per_round), shots=int(e.shots),
                 threshold=float(e.rouge_l_threshold), max_attempts_factor=int(e.max_attempts_factor),
-                seed=self.seed, step="expand", round=r, failure_budget=self.budget)
-            answered, _ = respond.teacher_answers(new, self.oracle, step="expand_teacher", round=r,
+                seed=self.seed, step="expand", rnd=r, failure_budget=self.budget)
+            answered, _ = respond.teacher_answers(new, self.oracle, step="expand_teacher", rnd=r,
                                                   failure_budget=self.budget) if new else ([], {})
             counts["teacher_answered"] = len(answered)
             return answered, counts
@@ -308,7 +308,7 @@ class Pipeline:
 
         def compute():
             items, counts = curriculum.build_mix(fresh(hard), fresh(easy), alpha=alpha, size=size, mode=mode,
-                                                 resample=balance.resample, ratios=ratios, seed=self.seed, round=r)
+                                                 resample=balance.resample, ratios=ratios, seed=self.seed, rnd=r)
             counts["task_mix_before"] = balance.distribution(hard + easy)
             counts["task_mix_after"] = balance.distribution(items)
             return items, counts
@@ -325,7 +325,7 @@ class Pipeline:
             if not rf.enabled:
                 return fresh(mixed.records), {"refined": 0}
             return refine.refine_responses(fresh(mixed.records), self.oracle, styles=to_container(rf.styles) or {},
-                                           default_style=rf.get("default_style"), step="refine", round=r,
+                                           default_style=rf.get("default_style"), step="refine", rnd=r,
                                            failure_budget=self.budget)
 
         return self._records_step("dataset", r, config, inputs, compute)
@@ -403,7 +403,7 @@ class Pipeline:
         m = self.steps.mfd
         return judge.judge_mfd(answered, self.oracle, delta=float(m.delta), compare=str(m.compare),
                                both_orders=bool(m.both_orders), scoring=m.scoring, fmt=str(m.format),
-                               justification_tokens=int(m.get("justification_tokens") or 0), step=step, round=r,
+                               justification_tokens=int(m.get("justification_tokens") or 0), step=step, rnd=r,
                                failure_budget=self.budget)
 
     def record_round(self, r: int, pool: list[Example], answers: StepResult, judged: StepResult,

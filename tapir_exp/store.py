@@ -82,11 +82,11 @@ class RunStore:
         self.entries: dict[str, StepEntry] = self._load_manifest()
 
     # ------------------------------------------------------------------ paths
-    def round_dir(self, round: int) -> Path:
-        return self.root / f"round_{round}"
+    def round_dir(self, rnd: int) -> Path:
+        return self.root / f"round_{rnd}"
 
-    def artifact_path(self, step: str, round: int, suffix: str = ".jsonl") -> Path:
-        return self.round_dir(round) / f"{step}{suffix}"
+    def artifact_path(self, step: str, rnd: int, suffix: str = ".jsonl") -> Path:
+        return self.round_dir(rnd) / f"{step}{suffix}"
 
     # ------------------------------------------------------------------ manifest
     def _load_manifest(self) -> dict[str, StepEntry]:
@@ -112,25 +112,25 @@ class RunStore:
         """Hash of the step name, its config subtree and its input artifacts' hashes."""
         return stable_hash({"step": step, "config": config, "inputs": inputs or {}})
 
-    def entry(self, step: str, round: int) -> StepEntry | None:
-        return self.entries.get(f"{round}/{step}")
+    def entry(self, step: str, rnd: int) -> StepEntry | None:
+        return self.entries.get(f"{rnd}/{step}")
 
-    def await_leader(self, step: str, round: int, signature: str) -> None:
+    def await_leader(self, step: str, rnd: int, signature: str) -> None:
         """Follower: block until the leader has committed this step with this signature."""
         from tapir_exp.distributed import leader_failure
 
         while True:
             self.entries = self._load_manifest()
-            if self.is_done(step, round, signature):
+            if self.is_done(step, rnd, signature):
                 return
             failed = leader_failure(self.root)
             if failed:
-                raise TapirError(f"{self.root}: the leader (rank 0) failed before step {round}/{step}: {failed}")
+                raise TapirError(f"{self.root}: the leader (rank 0) failed before step {rnd}/{step}: {failed}")
             time.sleep(self.poll_s)
 
-    def is_done(self, step: str, round: int, signature: str) -> bool:
+    def is_done(self, step: str, rnd: int, signature: str) -> bool:
         """Same signature and the committed artifact still in place — judged by file stats, not content."""
-        e = self.entry(step, round)
+        e = self.entry(step, rnd)
         if e is None or e.signature != signature:
             return False
         path = self.root / e.artifact
@@ -147,10 +147,10 @@ class RunStore:
             self._save_manifest()
         return True
 
-    def commit(self, step: str, round: int, signature: str, path: Path, counts: dict[str, Any] | None = None,
+    def commit(self, step: str, rnd: int, signature: str, path: Path, counts: dict[str, Any] | None = None,
                seconds: float = 0.0) -> StepEntry:
         digest, files = content_state(path)
-        e = StepEntry(step=step, round=round, signature=signature, artifact=str(path.relative_to(self.root)),
+        e = StepEntry(step=step, round=rnd, signature=signature, artifact=str(path.relative_to(self.root)),
                       artifact_hash=digest, counts=dict(counts or {}), seconds=round_seconds(seconds),
                       finished_at=time.time(), files=files)
         self.entries[e.key] = e
@@ -171,7 +171,7 @@ class RunStore:
     def run_records_step(
         self,
         step: str,
-        round: int,
+        rnd: int,
         config: Any,
         inputs: dict[str, str],
         compute: Callable[[], tuple[Iterable[Example], dict[str, Any]]],
@@ -181,22 +181,22 @@ class RunStore:
         ``compute`` returns ``(records, counts)``.
         """
         sig = self.signature(step, config, inputs)
-        path = self.artifact_path(step, round)
+        path = self.artifact_path(step, rnd)
         if self.follower:
-            self.await_leader(step, round, sig)
-        if self.is_done(step, round, sig):
-            return StepResult(load_examples(path), path, self.entry(step, round), reused=True)
+            self.await_leader(step, rnd, sig)
+        if self.is_done(step, rnd, sig):
+            return StepResult(load_examples(path), path, self.entry(step, rnd), reused=True)
         t0 = time.perf_counter()
         records, counts = compute()
         records = list(records)
         write_jsonl(path, records)
-        entry = self.commit(step, round, sig, path, {"records": len(records), **counts}, time.perf_counter() - t0)
+        entry = self.commit(step, rnd, sig, path, {"records": len(records), **counts}, time.perf_counter() - t0)
         return StepResult(records, path, entry, reused=False)
 
     def run_dir_step(
         self,
         step: str,
-        round: int,
+        rnd: int,
         config: Any,
         inputs: dict[str, str],
         compute: Callable[[Path], dict[str, Any]],
@@ -208,39 +208,39 @@ class RunStore:
         ``collective``: every rank runs ``compute`` (distributed training); a follower's output directory is
         private and discarded, the leader's is committed."""
         sig = self.signature(step, config, inputs)
-        path = self.round_dir(round) / (name or step)
+        path = self.round_dir(rnd) / (name or step)
         if self.follower:
-            if collective and not self.is_done(step, round, sig):
+            if collective and not self.is_done(step, rnd, sig):
                 with tempfile.TemporaryDirectory(prefix=f".{step}-follower-", suffix=".tmp", dir=self.root) as tmp:
                     compute(Path(tmp))
-            self.await_leader(step, round, sig)
-        if self.is_done(step, round, sig):
-            return StepResult(None, path, self.entry(step, round), reused=True)
+            self.await_leader(step, rnd, sig)
+        if self.is_done(step, rnd, sig):
+            return StepResult(None, path, self.entry(step, rnd), reused=True)
         t0 = time.perf_counter()
         with atomic_dir(path) as tmp:
             counts = compute(tmp)
-        entry = self.commit(step, round, sig, path, counts or {}, time.perf_counter() - t0)
+        entry = self.commit(step, rnd, sig, path, counts or {}, time.perf_counter() - t0)
         return StepResult(None, path, entry, reused=False)
 
     def run_json_step(
         self,
         step: str,
-        round: int,
+        rnd: int,
         config: Any,
         inputs: dict[str, str],
         compute: Callable[[], dict[str, Any]],
     ) -> tuple[dict[str, Any], StepEntry, bool]:
         """Like :meth:`run_records_step` for a JSON document (metrics, reports)."""
         sig = self.signature(step, config, inputs)
-        path = self.artifact_path(step, round, ".json")
+        path = self.artifact_path(step, rnd, ".json")
         if self.follower:
-            self.await_leader(step, round, sig)
-        if self.is_done(step, round, sig):
-            return json.loads(path.read_text(encoding="utf-8")), self.entry(step, round), True
+            self.await_leader(step, rnd, sig)
+        if self.is_done(step, rnd, sig):
+            return json.loads(path.read_text(encoding="utf-8")), self.entry(step, rnd), True
         t0 = time.perf_counter()
         doc = compute()
         atomic_write_json(path, doc)
-        return doc, self.commit(step, round, sig, path, {}, time.perf_counter() - t0), False
+        return doc, self.commit(step, rnd, sig, path, {}, time.perf_counter() - t0), False
 
 
 def round_seconds(s: float) -> float:

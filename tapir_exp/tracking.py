@@ -59,11 +59,11 @@ class NullTracker:
         if not self.reused(step):
             self._append("metrics.jsonl", {"step": step, **metrics})
 
-    def log_train_step(self, round: int, step: int, metrics: dict[str, float]) -> bool:
+    def log_train_step(self, rnd: int, step: int, metrics: dict[str, float]) -> bool:
         """One optimizer step of round ``round``; False (nothing logged) when an earlier attempt logged it."""
-        if self.reused(round) or step <= self.logged_steps.get(round, -1):
+        if self.reused(rnd) or step <= self.logged_steps.get(rnd, -1):
             return False
-        self._append("metrics.jsonl", {"round": round, "train_step": step,
+        self._append("metrics.jsonl", {"round": rnd, "train_step": step,
                                        **{f"train_step/{k}": v for k, v in metrics.items()}})
         return True
 
@@ -111,10 +111,10 @@ class LazyTracker(NullTracker):
         if not self.reused(step):
             self._started().log_metrics(metrics, step)
 
-    def log_train_step(self, round: int, step: int, metrics: dict[str, float]) -> bool:
-        if self.reused(round) or step <= self.logged_steps.get(round, -1):
+    def log_train_step(self, rnd: int, step: int, metrics: dict[str, float]) -> bool:
+        if self.reused(rnd) or step <= self.logged_steps.get(rnd, -1):
             return False
-        return self._started().log_train_step(round, step, metrics)
+        return self._started().log_train_step(rnd, step, metrics)
 
     def log_histogram(self, key: str, values: list[float], step: int | None = None) -> None:
         if not self.reused(step):
@@ -144,8 +144,8 @@ class CSVTracker(NullTracker):
     STEP_COLUMNS = ("round", "train_step", "progress", "loss", "lr", "grad_norm", "tokens_per_s", "nonpad_fraction",
                     "gpu_mem_gb")
 
-    def log_train_step(self, round: int, step: int, metrics: dict[str, float]) -> bool:
-        if not super().log_train_step(round, step, metrics) or self.run_dir is None:
+    def log_train_step(self, rnd: int, step: int, metrics: dict[str, float]) -> bool:
+        if not super().log_train_step(rnd, step, metrics) or self.run_dir is None:
             return False
         path = self.run_dir / "train_steps.csv"
         new = not path.exists()
@@ -153,7 +153,7 @@ class CSVTracker(NullTracker):
             w = csv.DictWriter(fh, fieldnames=self.STEP_COLUMNS, extrasaction="ignore")
             if new:
                 w.writeheader()
-            w.writerow({"round": round, "train_step": step, **metrics})
+            w.writerow({"round": rnd, "train_step": step, **metrics})
         return True
 
     def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
@@ -211,10 +211,10 @@ class WandbTracker(NullTracker):
         self._log_round({k: v for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)},
                         step)
 
-    def log_train_step(self, round: int, step: int, metrics: dict[str, float]) -> bool:
-        if not super().log_train_step(round, step, metrics):
+    def log_train_step(self, rnd: int, step: int, metrics: dict[str, float]) -> bool:
+        if not super().log_train_step(rnd, step, metrics):
             return False
-        self.run.log({"train_step/round": round, "train_step/step": step,
+        self.run.log({"train_step/round": rnd, "train_step/step": step,
                       **{f"train_step/{k}": v for k, v in metrics.items()}})
         return True
 

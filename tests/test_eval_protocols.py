@@ -115,9 +115,9 @@ def test_alpaca_eval_annotator_sends_alpaca_eval_prompts_and_gets_its_preference
         their_requests = list(srv.requests)
         srv.requests.clear()
         oracle = oracle_for(srv, tmp_path)
-        ours = AlpacaEvalAnnotator(name).annotate(ref, model, oracle, round=1)
+        ours = AlpacaEvalAnnotator(name).annotate(ref, model, oracle, rnd=1)
         our_requests = list(srv.requests)
-        again = AlpacaEvalAnnotator(name).annotate(ref, model, oracle, round=1)  # answered from the cache
+        again = AlpacaEvalAnnotator(name).annotate(ref, model, oracle, rnd=1)  # answered from the cache
         oracle.close()
     assert len(their_requests) == 7 and _sent(our_requests) == _sent(their_requests)  # item 3 is a draw: no request
     # alpaca_eval's order randomisation put the model's output first in some prompts, second in others
@@ -156,7 +156,7 @@ def test_alpaca_eval_annotator_config_errors(tmp_path):
         cfg.backends.openai.logprobs = False
         oracle = build_oracle(cfg, tmp_path)
         with pytest.raises(ConfigError, match="reads the judge's log-probabilities"):
-            AlpacaEvalAnnotator(WEIGHTED).annotate(*triples(2), oracle, round=0)
+            AlpacaEvalAnnotator(WEIGHTED).annotate(*triples(2), oracle, rnd=0)
         oracle.close()
 
 

@@ -74,7 +74,7 @@ def test_ledger_reopens_with_the_run_directory(tmp_path, cache):
             cfg = oracle_cfg(srv.base_url, tmp_path / "c.sqlite")
             cfg.cache.enabled = cache
             o = build_oracle(cfg, tmp_path / run)
-            o.chat_many("teacher", [o.request("teacher", [{"role": "user", "content": f"x{i}"}])], step="s", round=0)
+            o.chat_many("teacher", [o.request("teacher", [{"role": "user", "content": f"x{i}"}])], step="s", rnd=0)
             o.close()
     a = json.loads((tmp_path / "a" / "oracle_usage.json").read_text())["total"]
     b = json.loads((tmp_path / "b" / "oracle_usage.json").read_text())["total"]

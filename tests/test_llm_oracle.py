@@ -31,7 +31,7 @@ def server():
 
 def test_answers_in_order_and_ledger_matches_server(server, tmp_path):
     o = build_oracle(oracle_cfg(server.base_url, tmp_path / "c.sqlite"), tmp_path)
-    res = o.chat_many("teacher", ask(o, 12), step="teacher", round=0)
+    res = o.chat_many("teacher", ask(o, 12), step="teacher", rnd=0)
     o.close()
     assert [r.text for r in res] == [f"echo: q {i}" for i in range(12)]
     usage = json.loads((tmp_path / "oracle_usage.json").read_text())
@@ -46,7 +46,7 @@ def test_answers_in_order_and_ledger_matches_server(server, tmp_path):
 def test_transient_faults_are_retried(server, tmp_path, fault):
     o = build_oracle(oracle_cfg(server.base_url, tmp_path / "c.sqlite"), tmp_path)
     server.inject(fault, times=2)
-    res = o.chat_many("teacher", ask(o, 1), step="s", round=0)
+    res = o.chat_many("teacher", ask(o, 1), step="s", rnd=0)
     o.close()
     assert res[0].ok and res[0].text == "echo: q 0"
     assert res[0].attempts == 3 and server.request_count == 3
@@ -57,7 +57,7 @@ def test_transient_faults_are_retried(server, tmp_path, fault):
 def test_429_honours_retry_after(server, tmp_path):
     o = build_oracle(oracle_cfg(server.base_url, tmp_path / "c.sqlite"), tmp_path)
     server.inject("429", times=1, retry_after=0.4)
-    res = o.chat_many("teacher", ask(o, 1), step="s", round=0)
+    res = o.chat_many("teacher", ask(o, 1), step="s", rnd=0)
     o.close()
     assert res[0].ok
     # our own backoff is at most 0.05 s here; the gap can only come from the server's Retry-After
@@ -68,7 +68,7 @@ def test_hang_past_timeout_is_retried(tmp_path):
     with FakeOpenAIServer() as srv:
         o = build_oracle(oracle_cfg(srv.base_url, tmp_path / "c.sqlite", timeout_s=0.5), tmp_path)
         srv.inject("hang", times=1, hang_s=3)
-        res = o.chat_many("teacher", ask(o, 1), step="s", round=0)
+        res = o.chat_many("teacher", ask(o, 1), step="s", rnd=0)
         o.close()
     assert res[0].ok and res[0].attempts == 2
 
@@ -77,7 +77,7 @@ def test_truncated_output_is_kept_and_counted(server, tmp_path):
     o = build_oracle(oracle_cfg(server.base_url, tmp_path / "c.sqlite"), tmp_path)
     server.inject("truncated", times=1)
     res = o.chat_many("teacher", [o.request("teacher", [{"role": "user", "content": "one two three four"}])],
-                      step="s", round=0)
+                      step="s", rnd=0)
     o.close()
     assert res[0].finish_reason == "length" and res[0].ok
     assert o.usage.summary()["total"]["truncated"] == 1
@@ -91,18 +91,18 @@ def test_failures_are_recorded_never_dropped_and_budget_raises(tmp_path):
 
     server = FakeOpenAIServer(fault_when=fault_when).start()
     o = build_oracle(oracle_cfg(server.base_url, tmp_path / "c.sqlite", max_retries=1), tmp_path)
-    res = o.chat_many("teacher", ask(o, 4), step="teacher", round=1, failure_budget=0.5)
+    res = o.chat_many("teacher", ask(o, 4), step="teacher", rnd=1, failure_budget=0.5)
     assert len(res) == 4 and sum(not r.ok for r in res) == 1
     failures = [json.loads(x) for x in (tmp_path / "oracle_failures.jsonl").read_text().splitlines()]
     assert len(failures) == 1 and failures[0]["role"] == "teacher" and failures[0]["round"] == 1
     assert "500" in failures[0]["error"] and failures[0]["attempts"] == 2
     broken.update({"fresh 0", "fresh 1"})
     with pytest.raises(BudgetExceeded):
-        o.chat_many("teacher", ask(o, 3, "fresh"), step="teacher", round=1, failure_budget=0.5)
+        o.chat_many("teacher", ask(o, 3, "fresh"), step="teacher", rnd=1, failure_budget=0.5)
     # what succeeded before the budget tripped is cached: a re-run asks only for the failed ones again
     broken.clear()
     sent = server.request_count
-    res = o.chat_many("teacher", ask(o, 3, "fresh"), step="teacher", round=1)
+    res = o.chat_many("teacher", ask(o, 3, "fresh"), step="teacher", rnd=1)
     assert all(r.ok for r in res) and server.request_count == sent + 2
     o.close()
     server.stop()
@@ -112,7 +112,7 @@ def test_permanent_error_is_not_retried(tmp_path):
     with FakeOpenAIServer() as srv:
         cfg = oracle_cfg(srv.base_url.replace("/v1", "/nowhere"), tmp_path / "c.sqlite")
         o = build_oracle(cfg, tmp_path)
-        res = o.chat_many("teacher", ask(o, 1), step="s", round=0)
+        res = o.chat_many("teacher", ask(o, 1), step="s", rnd=0)
         o.close()
         assert not res[0].ok and "NotFound" in res[0].error and srv.request_count == 1
 
@@ -121,11 +121,11 @@ def test_cache_across_oracles_and_identical_prompts_sent_once(server, tmp_path):
     cache = tmp_path / "shared.sqlite"
     o = build_oracle(oracle_cfg(server.base_url, cache), tmp_path / "a")
     reqs = ask(o, 5) + ask(o, 5)  # the same five prompts twice
-    o.chat_many("teacher", reqs, step="s", round=0)
+    o.chat_many("teacher", reqs, step="s", rnd=0)
     o.close()
     assert server.request_count == 5
     o2 = build_oracle(oracle_cfg(server.base_url, cache), tmp_path / "b")
-    res = o2.chat_many("teacher", ask(o2, 6), step="s", round=0)
+    res = o2.chat_many("teacher", ask(o2, 6), step="s", rnd=0)
     o2.close()
     assert server.request_count == 6 and sum(r.cached for r in res) == 5
     assert o2.usage.summary()["total"]["cache_hits"] == 5
@@ -134,8 +134,8 @@ def test_cache_across_oracles_and_identical_prompts_sent_once(server, tmp_path):
 def test_request_rate_limit_spaces_requests(server, tmp_path):
     o = build_oracle(oracle_cfg(server.base_url, tmp_path / "c.sqlite", requests_per_minute=300), tmp_path)
     # one request first, so the measured ones do not include building the client and its first connection
-    o.chat_many("teacher", ask(o, 1, prefix="warm"), step="s", round=0)
-    o.chat_many("teacher", ask(o, 6), step="s", round=0)
+    o.chat_many("teacher", ask(o, 1, prefix="warm"), step="s", rnd=0)
+    o.chat_many("teacher", ask(o, 6), step="s", rnd=0)
     o.close()
     arrivals = server.arrivals[1:]
     gaps = [b - a for a, b in zip(arrivals, arrivals[1:], strict=False)]
@@ -152,7 +152,7 @@ def test_parser_reasks_with_new_seed(tmp_path):
         o = build_oracle(oracle_cfg(srv.base_url, tmp_path / "c.sqlite"), tmp_path)
         from tapir_exp.prompts.parsers import parse_rating
 
-        res = o.chat_many("judge", ask(o, 2, role="judge"), step="s", round=0, parser=parse_rating)
+        res = o.chat_many("judge", ask(o, 2, role="judge"), step="s", rnd=0, parser=parse_rating)
         o.close()
     assert [r.meta["parsed"] for r in res] == [7.0, 7.0]
     assert srv.request_count == 4 and {b["seed"] for b in srv.requests} == {0, 7919}
@@ -163,7 +163,7 @@ def test_parse_failure_counted_after_retries(tmp_path):
         o = build_oracle(oracle_cfg(srv.base_url, tmp_path / "c.sqlite"), tmp_path)
         from tapir_exp.prompts.parsers import parse_rating
 
-        res = o.chat_many("judge", ask(o, 1, role="judge"), step="s", round=0, parser=parse_rating)
+        res = o.chat_many("judge", ask(o, 1, role="judge"), step="s", rnd=0, parser=parse_rating)
         o.close()
     assert "parse_error" in res[0].meta and "parsed" not in res[0].meta
     assert srv.request_count == 3 and o.usage.summary()["total"]["parse_failures"] == 1
@@ -174,8 +174,8 @@ def test_logprob_rating_is_expected_value_over_rating_tokens(tmp_path):
 
     with FakeOpenAIServer(responder=lambda b: {"text": "[[7]]", "top_logprobs": [{"[[": 0.0}, top]}) as srv:
         o = build_oracle(oracle_cfg(srv.base_url, tmp_path / "c.sqlite"), tmp_path)
-        logp = o.rating_many("judge", ask(o, 1, role="judge"), step="s", round=0)
-        gen = o.rating_many("judge", ask(o, 1, role="judge"), step="s", round=0, scoring="generative")
+        logp = o.rating_many("judge", ask(o, 1, role="judge"), step="s", rnd=0)
+        gen = o.rating_many("judge", ask(o, 1, role="judge"), step="s", rnd=0, scoring="generative")
         o.close()
     assert logp[0].method == "logprob"
     assert logp[0].value == pytest.approx((7 * 0.5 + 8 * 0.3 + 6 * 0.1) / 0.9)
@@ -186,7 +186,7 @@ def test_logprob_rating_is_expected_value_over_rating_tokens(tmp_path):
 def test_logprob_rating_falls_back_to_text_without_logprobs(tmp_path):
     with FakeOpenAIServer(responder=lambda b: "Rating: [[4]]", logprobs=False) as srv:
         o = build_oracle(oracle_cfg(srv.base_url, tmp_path / "c.sqlite"), tmp_path)
-        res = o.rating_many("judge", ask(o, 1, role="judge"), step="s", round=0)
+        res = o.rating_many("judge", ask(o, 1, role="judge"), step="s", rnd=0)
         o.close()
     assert res[0].value == 4.0 and res[0].method == "generative-fallback"
 

@@ -88,7 +88,7 @@ def test_local_backend_shortens_and_the_ledger_counts_it(tiny, tmp_path):
         short_req = oracle.request("judge", [{"role": "user", "content": "alpha bravo"}], id="short", prefill="[[")
         seen = oracle.backend_for("judge").fit(long_req)
         assert seen.text.endswith("END<|im_end|>\n<|im_start|>assistant\n[[") and MARKED.search(seen.text)
-        results = oracle.chat_many("judge", [long_req, short_req], step="mfd", round=1)
+        results = oracle.chat_many("judge", [long_req, short_req], step="mfd", rnd=1)
         assert [r.ok for r in results] == [True, True]
         assert results[0].prompt_tokens <= 256 and results[0].meta["shortened"] > 19_000
         assert "shortened" not in results[1].meta
@@ -154,7 +154,7 @@ def test_mfd_judge_over_the_local_backend_keeps_both_answers_of_a_long_item(tiny
     local.fit = lambda req: sent.append(fit(req)) or sent[-1]  # observe the prompts the model is given
     try:
         judged, counts = judge_mfd([ex], oracle, delta=0.0, both_orders=True, scoring="logprob", fmt="single",
-                                   step="mfd", round=1)
+                                   step="mfd", rnd=1)
         usage = oracle.usage.summary()
     finally:
         oracle.close()

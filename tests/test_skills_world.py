@@ -75,7 +75,7 @@ def student_answering(items: list[Example], masters: set[str]) -> list[Example]:
 def test_oracle_roles(tmp_path):
     o = skills_oracle(tmp_path, error_rate=0.2)
     items = examples(100, tasks=("Math", "Reasoning", "Complex Format", "Grammar", "Others"))
-    answers = o.chat_many("teacher", [o.request("teacher", ex.messages()) for ex in items], step="t", round=0)
+    answers = o.chat_many("teacher", [o.request("teacher", ex.messages()) for ex in items], step="t", rnd=0)
     assert all(a.text == ex.output for a, ex in zip(answers, items, strict=True))
     from tapir_exp.steps.classify import label_tasks
 
@@ -110,12 +110,12 @@ def test_distilled_labels_follow_the_oracle_on_items_it_never_saw(tmp_path):
 def test_mfd_hard_set_follows_what_the_student_fails_and_shrinks_as_it_learns(tmp_path):
     o = skills_oracle(tmp_path)
     items = examples(10)
-    judged, counts = judge.judge_mfd(student_answering(items, masters={"Others"}), o, delta=1.0, round=1)
+    judged, counts = judge.judge_mfd(student_answering(items, masters={"Others"}), o, delta=1.0, rnd=1)
     hard = Counter(ex.task for ex in judged if ex.meta["hard"])
     assert hard == {"Math": 10, "Code Generation": 10}  # exactly the tasks it fails
     assert all(ex.meta["judge"]["orders"]["ts"]["method"] == "logprob" for ex in judged)
     # a later student has mastered Math: its hard set shrinks to Code
-    later, _ = judge.judge_mfd(student_answering(examples(10), masters={"Others", "Math"}), o, delta=1.0, round=2)
+    later, _ = judge.judge_mfd(student_answering(examples(10), masters={"Others", "Math"}), o, delta=1.0, rnd=2)
     assert Counter(ex.task for ex in later if ex.meta["hard"]) == {"Code Generation": 10}
     o.close()
 
@@ -131,7 +131,7 @@ def test_expansion_adds_items_of_the_seeds_task_and_difficulty(tmp_path, harder)
     o = skills_oracle(tmp_path, harder=harder)
     hard = examples(6, tasks=("Math", "Code Generation"), d=2)
     new, counts = expand.expand_hard_seeds(hard, hard, o, ratios={"Math": 0.5, "Code Generation": 0.5}, total=10,
-                                           shots=3, threshold=0.9, max_attempts_factor=3, seed=0, round=1)
+                                           shots=3, threshold=0.9, max_attempts_factor=3, seed=0, rnd=1)
     assert len(new) == 10 and Counter(ex.task for ex in new) == {"Math": 5, "Code Generation": 5}
     for ex in new:
         assert world.identify(ex.instruction) == (ex.task, 3 if harder else 2)

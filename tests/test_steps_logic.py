@@ -87,7 +87,7 @@ def test_build_mix_hits_alpha_and_balances_each_part():
     hard = make(30, "Math", "h", hard=True) + make(30, "Writing", "h", hard=True)
     easy = make(40, "Math", "e") + make(40, "Writing", "e")
     mix, counts = curriculum.build_mix(hard, easy, alpha=0.25, size=40, mode="curriculum", resample=balance.resample,
-                                       ratios={"Math": 3, "Writing": 1}, seed=0, round=1)
+                                       ratios={"Math": 3, "Writing": 1}, seed=0, rnd=1)
     assert len(mix) == 40
     assert counts["hard"] == 10 and counts["easy"] == 30
     hard_in = [ex for ex in mix if ex.meta["hard"]]
@@ -100,7 +100,7 @@ def test_build_mix_never_invents_hard_items():
     hard = make(3, "Math", "h", hard=True)
     easy = make(50, "Math", "e")
     mix, counts = curriculum.build_mix(hard, easy, alpha=0.9, size=20, mode="curriculum", resample=balance.resample,
-                                       ratios=None, seed=0, round=1)
+                                       ratios=None, seed=0, rnd=1)
     assert counts["hard"] == 3 and counts["easy"] == 17
     assert counts["alpha_actual"] == pytest.approx(0.15)
 
@@ -109,7 +109,7 @@ def test_build_mix_all_mode_uses_everything():
     hard = make(5, "A", "h", hard=True)
     easy = make(5, "B", "e")
     mix, counts = curriculum.build_mix(hard, easy, alpha=0.0, size=10, mode="all", resample=balance.resample,
-                                       ratios=None, seed=0, round=1)
+                                       ratios=None, seed=0, rnd=1)
     assert sorted(ex.id for ex in mix) == sorted(ex.id for ex in hard + easy)
 
 
@@ -128,7 +128,7 @@ def test_build_mix_all_counts_hard_items_by_membership():
     easy = make(4, "B", "e")
     expanded_easy = [Example(id="x", instruction="new", output="o", task="B", source="expanded", meta={"hard": False})]
     mix, counts = curriculum.build_mix(hard, easy + expanded_easy, alpha=None, size=18, mode="all",
-                                       resample=balance.resample, ratios=None, seed=0, round=1)
+                                       resample=balance.resample, ratios=None, seed=0, rnd=1)
     assert len(mix) == 18 and counts["hard"] == 8  # 4 hard items twice each; the verified-easy new item is easy
 
 
@@ -249,11 +249,11 @@ def test_build_mix_does_not_repeat_a_few_easy_items_when_hard_ones_are_left():
     hard = make(30, "Math", "h", hard=True)
     easy = make(2, "Reasoning", "e")
     mix, counts = curriculum.build_mix(hard, easy, alpha=0.3, size=20, mode="curriculum", resample=balance.resample,
-                                       ratios=None, seed=0, round=1)
+                                       ratios=None, seed=0, rnd=1)
     assert counts["easy"] == 2 and counts["hard"] == 18 and len({e.id for e in mix}) == 20
     # both parts short: now items repeat to fill the round
     mix, counts = curriculum.build_mix(hard[:5], easy, alpha=0.5, size=10, mode="curriculum",
-                                       resample=balance.resample, ratios=None, seed=0, round=1)
+                                       resample=balance.resample, ratios=None, seed=0, rnd=1)
     assert len(mix) == 10 and counts["easy"] == 2 and counts["hard"] == 8
 
 

@@ -67,7 +67,7 @@ def test_a_batch_is_one_chat_call_identical_to_one_at_a_time_in_order_with_failu
     batch = reqs[:4] + [too_long] + reqs[4:]
     backend = o.backend_for("teacher")
 
-    answers = o.chat_many("teacher", batch, step="teach", round=1)
+    answers = o.chat_many("teacher", batch, step="teach", rnd=1)
     assert backend.chat_calls == 1  # the whole batch, long prompt and all, in one LLM.chat call
     assert [a.request_id for a in answers] == [r.id for r in batch]
     long_answer = answers[4]
@@ -99,7 +99,7 @@ def test_a_batch_is_one_chat_call_identical_to_one_at_a_time_in_order_with_failu
             assert all(abs(x.top_logprobs[0][k] - y.top_logprobs[0][k]) < 1e-4 for k in x.top_logprobs[0])
     assert all(out[i].top_logprobs and len(out[i].top_logprobs[0]) >= 20 for i in (1, 3, 4))
     ratings = o.rating_many("judge", [o.request("judge", [{"role": "user", "content": f"Rate 1-10: {a.text}"}])
-                                      for a in good[:3]], step="judge", round=1)
+                                      for a in good[:3]], step="judge", rnd=1)
     assert all(r.method == "logprob" and 1 <= r.value <= 10 for r in ratings)
 
     # a request vLLM itself rejects (more log-probabilities than the engine's max_logprobs of 20): the batched

@@ -75,13 +75,13 @@ def test_oracle_client_against_vllm_openai_server(vllm_server, tmp_path):
     o = build_oracle(cfg, tmp_path)
     reqs = [o.request("teacher", [{"role": "user", "content": f"Name a colour and the number {i}."}], id=f"t/{i}",
                       seed=i) for i in range(12)]
-    answers = o.chat_many("teacher", reqs, step="teach", round=1)
+    answers = o.chat_many("teacher", reqs, step="teach", rnd=1)
     # the pipeline's own single-answer judge prompt (the format the embedded 135M judge uses)
     judge = [o.request("judge", [{"role": "user", "content": render(
         "judge_single", instruction=f"Name a colour and the number {i}.", answer_1=a.text, answer_2="Blue, 3.",
         target="Assistant 1")}], id=f"j/{i}") for i, a in enumerate(answers)]
-    ratings = o.rating_many("judge", judge, step="judge", round=1)
-    again = o.chat_many("teacher", reqs, step="teach", round=1)  # all from the cache: nothing sent
+    ratings = o.rating_many("judge", judge, step="judge", rnd=1)
+    again = o.chat_many("teacher", reqs, step="teach", rnd=1)  # all from the cache: nothing sent
     usage = o.usage.summary()
     o.close()
     assert all(a.ok and a.text.strip() and a.prompt_tokens > 0 and a.completion_tokens > 0 for a in answers)

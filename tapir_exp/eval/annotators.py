@@ -59,7 +59,7 @@ class TapirPairwise:
                 "annotator_model": None}
 
     def annotate(self, items: list[dict[str, Any]], outputs: list[dict[str, Any]], oracle: Any,
-                 round: int) -> Annotated:
+                 rnd: int) -> Annotated:
         requests, slots = [], []
         for i, (it, out) in enumerate(zip(items, outputs, strict=True)):
             orders = (1, 2) if self.both_orders else (
@@ -70,7 +70,7 @@ class TapirPairwise:
                 requests.append(oracle.request("eval_judge", [{"role": "user", "content": prompt}],
                                                id=f"alpaca_eval/{i}/{model_slot}", max_tokens=4))
                 slots.append((i, model_slot))
-        results = oracle.rating_many("eval_judge", requests, step="eval_alpaca", round=round, scale=(1, 2))
+        results = oracle.rating_many("eval_judge", requests, step="eval_alpaca", rnd=rnd, scale=(1, 2))
         per_item: dict[int, list[float]] = {}
         records = []
         for (i, slot), res in zip(slots, results, strict=True):
@@ -123,8 +123,8 @@ class OracleCompletions:
     time per example). A ChatML prompt becomes chat messages with alpaca_eval's own ``prompt_to_chatml``, as its
     openai decoder does for chat models; the annotator config's sampling parameters are sent as given."""
 
-    def __init__(self, oracle: Any, round: int, label: str):
-        self.oracle, self.round, self.label = oracle, round, label
+    def __init__(self, oracle: Any, rnd: int, label: str):
+        self.oracle, self.round, self.label = oracle, rnd, label
         self.sent = 0  # alpaca_eval calls once per chunk of 128: request ids count on across calls
 
     def __call__(self, prompts: list[str], model_name: str | None = None, is_strip: bool = True,
@@ -152,7 +152,7 @@ class OracleCompletions:
                                                 **send))
         self.sent += len(prompts)
         t0 = time.perf_counter()
-        results = self.oracle.chat_many("eval_judge", requests, step="eval_alpaca", round=self.round)
+        results = self.oracle.chat_many("eval_judge", requests, step="eval_alpaca", rnd=self.round)
         seconds = (time.perf_counter() - t0) / max(1, len(prompts))
         choices = [_openai_choice(r) for r in results]
         return {"completions": [c["text"] for c in choices], "completions_all": choices,
@@ -221,11 +221,11 @@ class AlpacaEvalAnnotator:
                 "annotator_model": self.models[0] if len(self.models) == 1 else ",".join(self.models)}
 
     def annotate(self, items: list[dict[str, Any]], outputs: list[dict[str, Any]], oracle: Any,
-                 round: int) -> Annotated:
+                 rnd: int) -> Annotated:
         if self.needs_logprobs and not oracle.supports_logprobs("eval_judge"):
             raise ConfigError("oracle.roles.eval_judge", f"alpaca_eval's {self.name} reads the judge's "
                               "log-probabilities; this backend returns none (set logprobs: true on an endpoint that has them)")
-        annotator = self.build(OracleCompletions(oracle, round, self.name))
+        annotator = self.build(OracleCompletions(oracle, rnd, self.name))
         reference = [{"instruction": it["instruction"], "output": it["output"],
                       "generator": it.get("generator", "reference"), "dataset": it.get("dataset", "custom")}
                      for it in items]

@@ -120,15 +120,12 @@ def load_mt_bench_answers(path: str | Path, questions: list[dict[str, Any]]) -> 
     return out
 
 
-def _r4(v: float) -> float:
-    return float(f"{v:.4f}")  # (``round`` is a parameter name in this module)
-
 
 def _note(reasons: list[str], what: str) -> str:
     return f"leaderboard protocol ({what})" if not reasons else "not a leaderboard number: " + "; ".join(reasons)
 
 
-def alpaca_eval(cfg: DictConfig, model_dir: Path | None, oracle: Any, generator: Any, out_dir: Path, round: int,
+def alpaca_eval(cfg: DictConfig, model_dir: Path | None, oracle: Any, generator: Any, out_dir: Path, rnd: int,
                 model_name: str, model_outputs: str | Path | None = None) -> dict[str, Any]:
     ae = cfg.eval.alpaca_eval
     annotator = build_annotator(ae)
@@ -141,7 +138,7 @@ def alpaca_eval(cfg: DictConfig, model_dir: Path | None, oracle: Any, generator:
         outputs = [{"instruction": it["instruction"], "output": g.text.strip(), "generator": model_name,
                     "dataset": it.get("dataset", "custom")} for it, g in zip(items, gens, strict=True)]
     atomic_write_json(out_dir / "model_outputs.json", outputs)
-    annotated = annotator.annotate(items, outputs, oracle, round)
+    annotated = annotator.annotate(items, outputs, oracle, rnd)
     atomic_write_json(out_dir / "annotations.json", annotated.records)
     prefs = annotated.preferences
     wr, se = win_rate(prefs)
@@ -171,7 +168,7 @@ def alpaca_eval(cfg: DictConfig, model_dir: Path | None, oracle: Any, generator:
         "alpaca_eval/avg_length": sum(len(o["output"]) for o in outputs) / max(1, len(outputs)),
         **{f"alpaca_eval/protocol/{k}": v for k, v in protocol.items() if v is not None},
         "alpaca_eval/protocol/leaderboard": _note(reasons, f"{protocol['annotator']}, {formula}")}
-    return {k: (_r4(v) if isinstance(v, float) else v) for k, v in metrics.items() if v is not None}
+    return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.items() if v is not None}
 
 
 def _answer(generator: Any, model_dir: Path | None, questions: list[dict[str, Any]]) -> list[list[str]]:
@@ -188,7 +185,7 @@ def _answer(generator: Any, model_dir: Path | None, questions: list[dict[str, An
     return answers
 
 
-def mt_bench(cfg: DictConfig, model_dir: Path | None, oracle: Any, generator: Any, out_dir: Path, round: int,
+def mt_bench(cfg: DictConfig, model_dir: Path | None, oracle: Any, generator: Any, out_dir: Path, rnd: int,
              model_name: str, answers_file: str | Path | None = None) -> dict[str, Any]:
     mt = cfg.eval.mt_bench
     judge = build_mt_judge(mt)
@@ -210,11 +207,11 @@ def mt_bench(cfg: DictConfig, model_dir: Path | None, oracle: Any, generator: An
                                            id=f"mt_bench/{q['question_id']}/{turn}", **sampling))
             keys.append((i, turn))
     if fastchat:  # one request each, FastChat's parsing, -1 when there is no rating (no re-asks)
-        chats = oracle.chat_many("eval_judge", requests, step="eval_mt_bench", round=round)
+        chats = oracle.chat_many("eval_judge", requests, step="eval_mt_bench", rnd=rnd)
         scored = [(fastchat_rating(c.text) if c.ok else -1, c.text, "fastchat", c.error) for c in chats]
     else:
         scored = [(r.value, r.text, r.method, r.error)
-                  for r in oracle.rating_many("eval_judge", requests, step="eval_mt_bench", round=round, scale=(1, 10))]
+                  for r in oracle.rating_many("eval_judge", requests, step="eval_mt_bench", rnd=rnd, scale=(1, 10))]
     judgments = []
     by_turn: dict[int, list[float]] = {}
     by_cat: dict[str, list[float]] = {}
@@ -229,11 +226,11 @@ def mt_bench(cfg: DictConfig, model_dir: Path | None, oracle: Any, generator: An
     allv = [v for vs in by_turn.values() for v in vs]
     metrics: dict[str, Any] = {}
     if allv:
-        metrics["mt_bench/score"] = _r4(sum(allv) / len(allv))
+        metrics["mt_bench/score"] = round(sum(allv) / len(allv), 4)
     for t, vs in by_turn.items():
-        metrics[f"mt_bench/turn_{t}"] = _r4(sum(vs) / len(vs))
+        metrics[f"mt_bench/turn_{t}"] = round(sum(vs) / len(vs), 4)
     for c, vs in by_cat.items():
-        metrics[f"mt_bench/{c}"] = _r4(sum(vs) / len(vs))
+        metrics[f"mt_bench/{c}"] = round(sum(vs) / len(vs), 4)
     metrics["mt_bench/n_judged"] = len(allv)
     metrics["mt_bench/n_questions"] = len(questions)
     protocol = {**judge.protocol(), "judge_model": oracle.role_model("eval_judge")}
@@ -248,7 +245,7 @@ def mt_bench(cfg: DictConfig, model_dir: Path | None, oracle: Any, generator: An
 
 
 def evaluate_round(cfg: DictConfig, model_dir: str | Path | None, oracle: Any, generator: Any, out_dir: str | Path,
-                   round: int, model_name: str, model_outputs: str | Path | None = None,
+                   rnd: int, model_name: str, model_outputs: str | Path | None = None,
                    mt_bench_answers: str | Path | None = None) -> dict[str, Any]:
     """Both suites (as enabled). ``model_outputs`` / ``mt_bench_answers``: score these files instead of
     generating with ``model_dir``."""
@@ -258,11 +255,11 @@ def evaluate_round(cfg: DictConfig, model_dir: str | Path | None, oracle: Any, g
     if cfg.eval.alpaca_eval.enabled:
         if model_dir is None and model_outputs is None:
             raise ConfigError("eval.model_outputs", "AlpacaEval needs a model (eval.model) or its outputs")
-        metrics.update(alpaca_eval(cfg, Path(model_dir) if model_dir else None, oracle, generator, out_dir, round,
+        metrics.update(alpaca_eval(cfg, Path(model_dir) if model_dir else None, oracle, generator, out_dir, rnd,
                                    model_name, model_outputs))
     if cfg.eval.mt_bench.enabled:
         if model_dir is None and mt_bench_answers is None:
             raise ConfigError("eval.mt_bench_answers", "MT-Bench needs a model (eval.model) or its answers")
-        metrics.update(mt_bench(cfg, Path(model_dir) if model_dir else None, oracle, generator, out_dir, round,
+        metrics.update(mt_bench(cfg, Path(model_dir) if model_dir else None, oracle, generator, out_dir, rnd,
                                 model_name, mt_bench_answers))
     return {k: v for k, v in metrics.items() if not (isinstance(v, float) and math.isnan(v))}

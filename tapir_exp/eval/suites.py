@@ -27,7 +27,7 @@ def needs_generation(cfg: DictConfig, model_outputs: Any = None, mt_bench_answer
 
 
 def evaluate_suites(cfg: DictConfig, model_dir: str | Path | None, oracle: Callable[[], Any], generator: Any,
-                    out_dir: str | Path, round: int, model_name: str, model_outputs: str | None = None,
+                    out_dir: str | Path, rnd: int, model_name: str, model_outputs: str | None = None,
                     mt_bench_answers: str | None = None) -> dict[str, float]:
     """Every enabled suite's metrics. ``oracle`` is called only when a judged suite runs (a skills-only eval
     builds no judge)."""
@@ -36,10 +36,10 @@ def evaluate_suites(cfg: DictConfig, model_dir: str | Path | None, oracle: Calla
     if judged:
         from tapir_exp.eval.runner import evaluate_round
 
-        metrics.update(evaluate_round(cfg, model_dir, oracle(), generator, out_dir, round, model_name,
+        metrics.update(evaluate_round(cfg, model_dir, oracle(), generator, out_dir, rnd, model_name,
                                       model_outputs=model_outputs, mt_bench_answers=mt_bench_answers))
     if skills:
         from tapir_exp.skills.evaluate import evaluate_skills
 
-        metrics.update(evaluate_skills(cfg, model_dir, generator, out_dir, round))
+        metrics.update(evaluate_skills(cfg, model_dir, generator, out_dir, rnd))
     return metrics

@@ -97,22 +97,22 @@ class UsageLedger:
         if not saved.get("ledger_id"):
             self.save()  # the id must be on disk before the first count is committed under it
 
-    def add(self, role: str, step: str, round: int, **counts: float) -> None:
+    def add(self, role: str, step: str, rnd: int, **counts: float) -> None:
         """Count and commit at once."""
         if self.db is not None:
-            self.db.add(self.id, (role, step, str(round)), counts)
-        self.count(role, step, round, **counts)
+            self.db.add(self.id, (role, step, str(rnd)), counts)
+        self.count(role, step, rnd, **counts)
 
-    def sql(self, role: str, step: str, round: int, **counts: float) -> Callable[[sqlite3.Connection], None]:
+    def sql(self, role: str, step: str, rnd: int, **counts: float) -> Callable[[sqlite3.Connection], None]:
         """The counts as a write for the caller's transaction on this ledger's database (the cache's ``put``
         of the answer they belong to); call :meth:`count` once it committed."""
-        key = (role, step, str(round))
+        key = (role, step, str(rnd))
         return lambda conn: UsageDB.add_sql(conn, self.id, key, counts)
 
-    def count(self, role: str, step: str, round: int, **counts: float) -> None:
+    def count(self, role: str, step: str, rnd: int, **counts: float) -> None:
         """In memory only (already committed)."""
         with self._lock:
-            row = self._rows[(role, step, str(round))]
+            row = self._rows[(role, step, str(rnd))]
             for k, v in counts.items():
                 row[k] += v
 

@@ -118,7 +118,7 @@ class Oracle:
                 + completion_tokens * float(price.get("completion", 0.0))) / 1e6
 
     # ------------------------------------------------------------------ public batch API
-    def chat_many(self, role: str, requests: list[ChatRequest], *, step: str, round: int,
+    def chat_many(self, role: str, requests: list[ChatRequest], *, step: str, rnd: int,
                   parser: Callable[[str], Any] | None = None,
                   failure_budget: float | None = None) -> list[ChatResult]:
         """Answers in request order; failures come back with ``.error`` set. With ``parser``, each
@@ -126,19 +126,19 @@ class Oracle:
         re-asked with a new seed (sampling) up to ``limits.parse_retries`` times."""
         if not requests:
             return []
-        results = self._run(self._chat_many(role, list(requests), step, round))
+        results = self._run(self._chat_many(role, list(requests), step, rnd))
         if parser is not None:
-            results = self._parse_with_retries(role, requests, results, parser, step, round)
+            results = self._parse_with_retries(role, requests, results, parser, step, rnd)
         self._save_usage()
         failed = sum(not r.ok for r in results)
         if failure_budget is not None and failed / len(results) > failure_budget:
             raise BudgetExceeded(
-                f"{step} (round {round}): {failed} of {len(results)} {role} requests failed after retries, more "
+                f"{step} (round {rnd}): {failed} of {len(results)} {role} requests failed after retries, more "
                 f"than the failure budget {failure_budget:.0%}; answers so far are cached, failures are in "
                 f"{self.failures_path or 'the log'}; re-run to retry them")
         return results
 
-    def rating_many(self, role: str, requests: list[ChatRequest], *, step: str, round: int,
+    def rating_many(self, role: str, requests: list[ChatRequest], *, step: str, rnd: int,
                     scale: tuple[int, int] = (1, 10), scoring: str | None = None,
                     failure_budget: float | None = None) -> list[RatingResult]:
         """Ratings on ``scale``. ``logprob``: the expected rating over the rating tokens' probabilities at
@@ -156,7 +156,7 @@ class Oracle:
                                 max_tokens=min(r.max_tokens, 2)) for r in requests]
             else:
                 reqs = [replace(r, logprobs=True, top_logprobs=LOGPROB_CANDIDATES) for r in requests]
-            results = self.chat_many(role, reqs, step=step, round=round, failure_budget=failure_budget)
+            results = self.chat_many(role, reqs, step=step, rnd=rnd, failure_budget=failure_budget)
             out = []
             for res in results:
                 if not res.ok:
@@ -171,12 +171,12 @@ class Oracle:
                     out.append(RatingResult(parse_rating(res.text, lo, hi), res.text, "generative-fallback",
                                             request_id=res.request_id))
                 except ValueError as e:
-                    self.usage.add(role, step, round, parse_failures=1)
+                    self.usage.add(role, step, rnd, parse_failures=1)
                     out.append(RatingResult(None, res.text, "generative-fallback", f"parse: {e}",
                                             request_id=res.request_id))
             self._save_usage()
             return out
-        results = self.chat_many(role, requests, step=step, round=round, failure_budget=failure_budget,
+        results = self.chat_many(role, requests, step=step, rnd=rnd, failure_budget=failure_budget,
                                  parser=lambda t: parse_rating(t, lo, hi))
         return [RatingResult(r.meta.get("parsed"), r.text, "generative",
                              r.error or (f"parse: {r.meta['parse_error']}" if "parse_error" in r.meta else None),
@@ -218,7 +218,7 @@ class Oracle:
             tmp.write_text(json.dumps(doc, indent=1))
             os.replace(tmp, self.run_dir / "oracle_profile.json")
 
-    def _parse_with_retries(self, role, requests, results, parser, step, round) -> list[ChatResult]:
+    def _parse_with_retries(self, role, requests, results, parser, step, rnd) -> list[ChatResult]:
         todo = list(range(len(results)))
         for attempt in range(self.parse_retries + 1):
             bad = []
@@ -240,16 +240,16 @@ class Oracle:
             # Re-ask with sampling and a new seed: the cache key changes and the answer can too.
             retry = [replace(requests[i], seed=(requests[i].seed or 0) + 7919 * (attempt + 1),
                              temperature=max(requests[i].temperature, 0.7)) for i in bad]
-            for i, res in zip(bad, self._run(self._chat_many(role, retry, step, round)), strict=True):
+            for i, res in zip(bad, self._run(self._chat_many(role, retry, step, rnd)), strict=True):
                 res.meta["parse_attempts"] = attempt + 2
                 results[i] = res
             todo = bad
         still = sum(1 for r in results if r.ok and "parse_error" in r.meta)
         if still:
-            self.usage.add(role, step, round, parse_failures=still)
+            self.usage.add(role, step, rnd, parse_failures=still)
         return results
 
-    async def _chat_many(self, role: str, requests: list[ChatRequest], step: str, round: int) -> list[ChatResult]:
+    async def _chat_many(self, role: str, requests: list[ChatRequest], step: str, rnd: int) -> list[ChatResult]:
         if self._sem is None:
             self._sem = asyncio.Semaphore(self.concurrency)
             self._limiter = RateLimiter(self._rpm, self._tpm)
@@ -262,13 +262,13 @@ class Oracle:
                 results[i] = ChatResult(request_id=req.id, cached=True, **cached[key])
         hits = sum(r is not None for r in results)
         if hits:
-            self.usage.add(role, step, round, cache_hits=hits)
+            self.usage.add(role, step, rnd, cache_hits=hits)
         # Identical prompts in one call are sent once.
         pending: dict[str, list[int]] = {}
         for i, key in enumerate(keys):
             if results[i] is None:
                 pending.setdefault(key, []).append(i)
-        bar = _Progress(f"{step}/{role} r{round}", len(requests), hits, self.show_progress and bool(pending))
+        bar = _Progress(f"{step}/{role} r{rnd}", len(requests), hits, self.show_progress and bool(pending))
         try:
             def deliver(key: str, res: ChatResult) -> None:
                 for j in pending[key]:
@@ -277,17 +277,17 @@ class Oracle:
                 bar.advance(len(pending[key]), res.prompt_tokens + res.completion_tokens, cost)
 
             if backend.max_batch > 1:
-                await self._send_batched(backend, role, step, round, requests, pending, deliver)
+                await self._send_batched(backend, role, step, rnd, requests, pending, deliver)
             else:
                 async def one(key: str) -> None:
-                    deliver(key, await self._send_one(backend, role, step, round, requests[pending[key][0]], key))
+                    deliver(key, await self._send_one(backend, role, step, rnd, requests[pending[key][0]], key))
 
                 await asyncio.gather(*(one(k) for k in pending))
         finally:
             bar.close()
         return results  # type: ignore[return-value]
 
-    async def _send_batched(self, backend, role, step, round, requests, pending, deliver) -> None:
+    async def _send_batched(self, backend, role, step, rnd, requests, pending, deliver) -> None:
         """In-process backends batch on the device; one batch at a time (they own the CPU/GPU)."""
         keys = sorted(pending, key=lambda k: len(str(requests[pending[k][0]].messages)))
         for start in range(0, len(keys), backend.max_batch):
@@ -299,11 +299,11 @@ class Oracle:
                 outs = [e] * len(reqs)
             for key, req, out in zip(chunk, reqs, outs, strict=True):
                 if isinstance(out, ChatResult):
-                    deliver(key, self._accept(backend, role, step, round, req, key, out, attempts=1))
+                    deliver(key, self._accept(backend, role, step, rnd, req, key, out, attempts=1))
                 else:  # retry this one on its own, with the usual backoff
-                    deliver(key, await self._send_one(backend, role, step, round, req, key, first_error=out))
+                    deliver(key, await self._send_one(backend, role, step, rnd, req, key, first_error=out))
 
-    async def _send_one(self, backend: Backend, role: str, step: str, round: int, req: ChatRequest, key: str,
+    async def _send_one(self, backend: Backend, role: str, step: str, rnd: int, req: ChatRequest, key: str,
                         first_error: BaseException | None = None) -> ChatResult:
         attempt = 0
         error: BaseException | None = first_error
@@ -313,23 +313,23 @@ class Oracle:
                     await self._limiter.acquire(_estimate_tokens(req))  # type: ignore[union-attr]
                     async with self._sem:  # type: ignore[union-attr]
                         res = await asyncio.wait_for(backend.complete(req), self.timeout_s)
-                    return self._accept(backend, role, step, round, req, key, res, attempts=attempt + 1)
+                    return self._accept(backend, role, step, rnd, req, key, res, attempts=attempt + 1)
                 except (RetryableError, asyncio.TimeoutError) as e:
                     error = e
                 except Exception as e:  # noqa: BLE001 - permanent (bad request, auth): no retry
-                    return self._fail(role, step, round, req, f"{type(e).__name__}: {e}", attempt + 1)
+                    return self._fail(role, step, rnd, req, f"{type(e).__name__}: {e}", attempt + 1)
             if attempt >= self.max_retries:
-                return self._fail(role, step, round, req, _describe(error), attempt + 1)
+                return self._fail(role, step, rnd, req, _describe(error), attempt + 1)
             retry_after = getattr(error, "retry_after", None)
             delay = (float(retry_after) if retry_after is not None
                      else random.uniform(0, min(self.backoff_max_s, self.backoff_base_s * 2 ** attempt)))
-            self.usage.add(role, step, round, retries=1, requests=1)  # the failed attempt was sent
+            self.usage.add(role, step, rnd, retries=1, requests=1)  # the failed attempt was sent
             log.debug("retry %s after %.2fs: %s", req.id, delay, _describe(error))
             await asyncio.sleep(delay)
             attempt += 1
             error = None
 
-    def _accept(self, backend, role, step, round, req, key, res: ChatResult, attempts: int) -> ChatResult:
+    def _accept(self, backend, role, step, rnd, req, key, res: ChatResult, attempts: int) -> ChatResult:
         res.request_id, res.attempts = req.id, attempts
         # The answering attempt is counted with its answer, in one transaction when the ledger lives in the
         # cache file (earlier failed attempts were counted as they failed): the ledger never lags the cache.
@@ -339,13 +339,13 @@ class Oracle:
                       cost_usd=self.estimate_cost(role, res.prompt_tokens, res.completion_tokens))
         shared = self.usage.db is not None and self.usage.db is self.cache.usage_db
         self.cache.put(key, res.to_cache(), backend.name, str(backend.model),
-                       also=self.usage.sql(role, step, round, **counts) if shared else None)
-        (self.usage.count if shared else self.usage.add)(role, step, round, **counts)
+                       also=self.usage.sql(role, step, rnd, **counts) if shared else None)
+        (self.usage.count if shared else self.usage.add)(role, step, rnd, **counts)
         return res
 
-    def _fail(self, role: str, step: str, round: int, req: ChatRequest, error: str, attempts: int) -> ChatResult:
-        self.usage.add(role, step, round, requests=1, failures=1)  # earlier attempts counted as they failed
-        record = {"time": time.time(), "role": role, "step": step, "round": round, "request_id": req.id,
+    def _fail(self, role: str, step: str, rnd: int, req: ChatRequest, error: str, attempts: int) -> ChatResult:
+        self.usage.add(role, step, rnd, requests=1, failures=1)  # earlier attempts counted as they failed
+        record = {"time": time.time(), "role": role, "step": step, "round": rnd, "request_id": req.id,
                   "error": error, "attempts": attempts}
         log.warning("oracle request %s failed after %d attempt(s): %s", req.id, attempts, error)
         if self.failures_path:

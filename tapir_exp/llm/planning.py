@@ -164,7 +164,7 @@ class PlanningOracle(Oracle):
             self._backends[role] = PlaceholderBackend(role, node, self.labels, self.weights)
         return self._backends[role]
 
-    async def _chat_many(self, role: str, requests: list[ChatRequest], step: str, round: int) -> list[ChatResult]:
+    async def _chat_many(self, role: str, requests: list[ChatRequest], step: str, rnd: int) -> list[ChatResult]:
         backend = self.backend_for(role)
         results, now = [], set()
         for req in requests:
@@ -175,12 +175,12 @@ class PlanningOracle(Oracle):
                 results.append(res)
                 continue
             res.cached = key in self._sent  # asked before: the real cache answers it
-            self.requests.append(PlannedRequest(role, step, round, res.prompt_tokens, int(req.max_tokens), res.cached))
+            self.requests.append(PlannedRequest(role, step, rnd, res.prompt_tokens, int(req.max_tokens), res.cached))
             if res.cached:
-                self.usage.count(role, step, round, cache_hits=1)
+                self.usage.count(role, step, rnd, cache_hits=1)
             else:
                 now.add(key)
-                self.usage.count(role, step, round, requests=1, prompt_tokens=res.prompt_tokens,
+                self.usage.count(role, step, rnd, requests=1, prompt_tokens=res.prompt_tokens,
                                  completion_tokens=res.completion_tokens,
                                  cost_usd=self.estimate_cost(role, res.prompt_tokens, res.completion_tokens))
             results.append(res)

@@ -21,9 +21,9 @@ from tapir_exp.stats import paired_difference
 WARMUP = "warm-up (round 0)"
 
 
-def outcomes(run_dir: str | Path, round: int) -> dict[tuple[str, int, str], bool]:
+def outcomes(run_dir: str | Path, rnd: int) -> dict[tuple[str, int, str], bool]:
     """(task, difficulty, instruction) -> correct, from one run's eval of one round."""
-    path = Path(run_dir) / f"round_{round}" / "eval" / "skills_outputs.jsonl"
+    path = Path(run_dir) / f"round_{rnd}" / "eval" / "skills_outputs.jsonl"
     if not path.is_file():
         raise DataError(path, None, None, "missing: the skills eval of this round did not run")
     out = {}

@@ -13,7 +13,7 @@ from tapir_exp.stats import wilson
 
 
 def evaluate_skills(cfg: DictConfig, model_dir: str | Path, generator: Any, out_dir: str | Path,
-                    round: int) -> dict[str, float]:
+                    rnd: int) -> dict[str, float]:
     sk = cfg.eval.skills
     items = world.eval_set(int(sk.get("seed", cfg.seed)), per_cell=int(sk.get("per_cell", 10)),
                            tasks=list(sk.tasks) if sk.get("tasks") else None)

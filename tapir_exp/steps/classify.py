@@ -10,7 +10,6 @@ Methods (``steps.classify.method``):
 
 from __future__ import annotations
 
-import builtins
 import random
 from typing import Any
 
@@ -28,7 +27,7 @@ def canonical_label(label: str | None, labels: list[str]) -> str | None:
 
 def label_tasks(examples: list[Example], oracle: Any, *, labels: list[str], fallback: str, method: str = "oracle",
                 sample_size: int = 2000, holdout_fraction: float = 0.2, seed: int = 0, step: str = "classify",
-                round: int = 0, failure_budget: float | None = None) -> tuple[list[Example], dict[str, Any]]:
+                rnd: int = 0, failure_budget: float | None = None) -> tuple[list[Example], dict[str, Any]]:
     counts: dict[str, Any] = {"method": method}
     todo = examples
     if method == "given":
@@ -43,23 +42,23 @@ def label_tasks(examples: list[Example], oracle: Any, *, labels: list[str], fall
         counts["given"] = len(examples) - len(todo)
         method = "oracle"
     if method == "oracle":
-        counts.update(_oracle_label(todo, oracle, labels, fallback, step, round, failure_budget))
+        counts.update(_oracle_label(todo, oracle, labels, fallback, step, rnd, failure_budget))
     elif method == "distill":
         counts.update(_distill_label(todo, oracle, labels, fallback, sample_size, holdout_fraction, seed, step,
-                                     round, failure_budget))
+                                     rnd, failure_budget))
     else:
         raise ValueError(f"steps.classify.method must be oracle, distill or given, got {method!r}")
     return examples, counts
 
 
-def _oracle_label(examples, oracle, labels, fallback, step, round, failure_budget) -> dict[str, int]:
+def _oracle_label(examples, oracle, labels, fallback, step, rnd, failure_budget) -> dict[str, int]:
     if not examples:
         return {"oracle_labelled": 0, "invalid": 0}
     label_list = "\n".join(f"- {lab}" for lab in labels)
     requests = [oracle.request("classifier",
                                [{"role": "user", "content": render("classify", labels=label_list, instruction=ex.prompt)}],
                                id=f"classify/{ex.id}") for ex in examples]
-    results = oracle.chat_many("classifier", requests, step=step, round=round, failure_budget=failure_budget)
+    results = oracle.chat_many("classifier", requests, step=step, rnd=rnd, failure_budget=failure_budget)
     invalid = 0
     for ex, res in zip(examples, results, strict=True):
         label, valid = parse_label(res.text, labels, fallback) if res.ok else (fallback, False)
@@ -69,15 +68,15 @@ def _oracle_label(examples, oracle, labels, fallback, step, round, failure_budge
     return {"oracle_labelled": len(examples), "invalid": invalid}
 
 
-def _distill_label(examples, oracle, labels, fallback, sample_size, holdout_fraction, seed, step, round,
+def _distill_label(examples, oracle, labels, fallback, sample_size, holdout_fraction, seed, step, rnd,
                    failure_budget) -> dict[str, Any]:
     if len(examples) <= sample_size:
-        return _oracle_label(examples, oracle, labels, fallback, step, round, failure_budget)
+        return _oracle_label(examples, oracle, labels, fallback, step, rnd, failure_budget)
     rng = random.Random(seed)
     sample_idx = set(rng.sample(range(len(examples)), sample_size))
     sample = [ex for i, ex in enumerate(examples) if i in sample_idx]
     rest = [ex for i, ex in enumerate(examples) if i not in sample_idx]
-    counts: dict[str, Any] = dict(_oracle_label(sample, oracle, labels, fallback, step, round, failure_budget))
+    counts: dict[str, Any] = dict(_oracle_label(sample, oracle, labels, fallback, step, rnd, failure_budget))
     import sklearn.linear_model  # noqa: F401  (loads scipy's and numpy's BLAS before limiting them)
     from threadpoolctl import threadpool_limits  # a dependency of scikit-learn
 
@@ -98,7 +97,7 @@ def _distill_fit_predict(sample, rest, holdout_fraction, fallback, counts) -> di
         counts.update(distilled=len(rest), holdout_agreement=None)
         return counts
     agree = sum(p == ex.task for p, ex in zip(model.predict([e.prompt for e in hold]), hold, strict=True))
-    counts["holdout_agreement"] = builtins.round(agree / len(hold), 4)
+    counts["holdout_agreement"] = round(agree / len(hold), 4)
     # Refit on the whole sample for labelling the rest.
     model = _fit(sample) or model
     for ex, lab in zip(rest, model.predict([e.prompt for e in rest]), strict=True):

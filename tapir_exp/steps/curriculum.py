@@ -66,7 +66,7 @@ def size_for_round(cur: Mapping[str, Any], r: int, available: int) -> int:
 
 
 def build_mix(hard: list[Example], easy: list[Example], *, alpha: float | None, size: int, mode: str,
-              resample: Any, ratios: Mapping[str, float] | None, seed: int, round: int) -> tuple[list[Example], dict[str, Any]]:
+              resample: Any, ratios: Mapping[str, float] | None, seed: int, rnd: int) -> tuple[list[Example], dict[str, Any]]:
     """The round's training mix.
 
     ``mode='curriculum'``: ``round(alpha * size)`` hard items and the rest easy, each part resampled to the
@@ -77,7 +77,7 @@ def build_mix(hard: list[Example], easy: list[Example], *, alpha: float | None, 
     ``mode='all'``: hard and easy together, resampled to ``size``. ``resample(items, ratios, n, rng)`` is the
     balancing function (ratios None = the items' own task distribution).
     """
-    rng = random.Random(f"{seed}/mix/{round}")
+    rng = random.Random(f"{seed}/mix/{rnd}")
     if mode == "all":
         everything = hard + easy
         mix = resample(everything, ratios, size, rng)
@@ -85,13 +85,13 @@ def build_mix(hard: list[Example], easy: list[Example], *, alpha: float | None, 
         for ex in mix:
             ex.meta["mix_part"] = "hard" if ex.meta.get("repeat_of", ex.id) in hard_ids else "easy"
         n_hard = sum(1 for ex in mix if ex.meta["mix_part"] == "hard")
-        return mix, {"alpha_target": None, "alpha_actual": round_(n_hard / max(1, len(mix))), "hard": n_hard,
+        return mix, {"alpha_target": None, "alpha_actual": round(n_hard / max(1, len(mix)), 4), "hard": n_hard,
                      "easy": len(mix) - n_hard}
     if mode != "curriculum":
         raise ConfigError("curriculum.mix", f"expected curriculum or all, got {mode!r}")
     if alpha is None:
         raise ConfigError("curriculum", "mix=curriculum needs a hard fraction alpha for the round")
-    n_hard = min(round_int(alpha * size), len(hard))
+    n_hard = min(round_half_up(alpha * size), len(hard))
     n_easy = size - n_hard
     if n_easy > len(easy):  # too few easy items: the rest of the round is hard (repeated only if it must be)
         n_easy = len(easy)
@@ -103,13 +103,11 @@ def build_mix(hard: list[Example], easy: list[Example], *, alpha: float | None, 
             ex.meta["mix_part"] = part
     mix = hard_part + easy_part
     rng.shuffle(mix)
-    return mix, {"alpha_target": alpha, "alpha_actual": round_(len(hard_part) / max(1, len(mix))),
+    return mix, {"alpha_target": alpha, "alpha_actual": round(len(hard_part) / max(1, len(mix)), 4),
                  "hard": len(hard_part), "easy": len(easy_part)}
 
 
-def round_int(x: float) -> int:
+def round_half_up(x: float) -> int:
     return int(x + 0.5)
 
 
-def round_(x: float) -> float:
-    return float(f"{x:.4f}")

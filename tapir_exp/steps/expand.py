@@ -55,10 +55,10 @@ def validate(text: str) -> str | None:
 
 def expand_hard_seeds(hard: list[Example], pool: list[Example], oracle: Any, *, ratios: Mapping[str, float] | None,
                       total: int, shots: int = 3, threshold: float = 0.7, max_attempts_factor: int = 2,
-                      seed: int = 0, step: str = "expand", round: int = 0,
+                      seed: int = 0, step: str = "expand", rnd: int = 0,
                       failure_budget: float | None = None) -> tuple[list[Example], dict[str, Any]]:
     """New examples (no responses yet: the teacher answers them next) with ``source='expanded'``."""
-    rng = random.Random(f"{seed}/{round}")
+    rng = random.Random(f"{seed}/{rnd}")
     wanted = plan_counts(hard, ratios, total)
     by_task: dict[str, list[Example]] = {}
     for ex in hard:
@@ -80,11 +80,11 @@ def expand_hard_seeds(hard: list[Example], pool: list[Example], oracle: Any, *, 
                 examples = "\n".join(f"{i + 1}. {s.prompt}" for i, s in enumerate(seeds))
                 prompt = render("expand", task=task, examples=examples, n=str(min(PER_REQUEST, n)))
                 requests.append(oracle.request("expander", [{"role": "user", "content": prompt}],
-                                               id=f"expand/r{round}/{_slug(task)}/{attempt}/{j}",
+                                               id=f"expand/r{rnd}/{_slug(task)}/{attempt}/{j}",
                                                seed=attempt * 1000 + j))
                 meta.append((task, [s.id for s in seeds]))
         requests_sent += len(requests)
-        results = oracle.chat_many("expander", requests, step=step, round=round, failure_budget=failure_budget)
+        results = oracle.chat_many("expander", requests, step=step, rnd=rnd, failure_budget=failure_budget)
         for (task, seed_ids), res in zip(meta, results, strict=True):
             if not res.ok:
                 continue
@@ -100,8 +100,8 @@ def expand_hard_seeds(hard: list[Example], pool: list[Example], oracle: Any, *, 
                 index.add(text)
                 k = len(accepted[task])
                 accepted[task].append(Example(
-                    id=f"exp-r{round}-{_slug(task)}-{k}", instruction=text, task=task, source="expanded",
-                    meta={"seeds": seed_ids, "expanded_round": round}))
+                    id=f"exp-r{rnd}-{_slug(task)}-{k}", instruction=text, task=task, source="expanded",
+                    meta={"seeds": seed_ids, "expanded_round": rnd}))
     new = [ex for t in sorted(accepted) for ex in accepted[t]]
     return new, {"wanted": sum(wanted.values()), "accepted": len(new), "requests": requests_sent,
                  "rejected_duplicate": rejected["duplicate"], "rejected_invalid": rejected["invalid"],

@@ -15,7 +15,6 @@ Two request formats:
 
 from __future__ import annotations
 
-import builtins
 import operator
 import re
 import statistics
@@ -73,7 +72,7 @@ def _answers(ex: Example, order: str) -> tuple[str, str]:
 
 def judge_mfd(examples: list[Example], oracle: Any, *, delta: float, both_orders: bool = True,
               scoring: str | None = None, fmt: str = "single", compare: str = "gt", justification_tokens: int = 0,
-              step: str = "mfd", round: int = 0,
+              step: str = "mfd", rnd: int = 0,
               failure_budget: float | None = None) -> tuple[list[Example], dict[str, Any]]:
     """Score every example; writes ``meta['judge']`` (scores per order, order disagreement, parse
     failures), ``meta['mfd']`` and ``meta['hard']`` (MFD past delta by ``compare``). Unjudgeable items get
@@ -83,9 +82,9 @@ def judge_mfd(examples: list[Example], oracle: Any, *, delta: float, both_orders
         raise ValueError(f"steps.mfd.compare must be 'gt' or 'ge', got {compare!r}")
     orders = ORDERS if both_orders else ORDERS[:1]
     if fmt == "single":
-        scores = _judge_single(examples, oracle, orders, scoring, step, round, failure_budget)
+        scores = _judge_single(examples, oracle, orders, scoring, step, rnd, failure_budget)
     elif fmt == "pair":
-        scores = _judge_pair(examples, oracle, orders, scoring, justification_tokens, step, round, failure_budget)
+        scores = _judge_pair(examples, oracle, orders, scoring, justification_tokens, step, rnd, failure_budget)
     else:
         raise ValueError(f"steps.mfd.format must be 'single' or 'pair', got {fmt!r}")
 
@@ -114,11 +113,11 @@ def judge_mfd(examples: list[Example], oracle: Any, *, delta: float, both_orders
     mfds = [ex.meta["mfd"] for ex in examples if ex.meta["mfd"] is not None]
     return examples, {
         "hard": hard, "unjudged": unjudged, "parse_failures": parse_failures,
-        "mean_mfd": builtins.round(statistics.fmean(mfds), 4) if mfds else None,
+        "mean_mfd": round(statistics.fmean(mfds), 4) if mfds else None,
     }
 
 
-def _judge_single(examples, oracle, orders, scoring, step, round, failure_budget):
+def _judge_single(examples, oracle, orders, scoring, step, rnd, failure_budget):
     requests, keys = [], []
     for ex in examples:
         for order in orders:
@@ -129,7 +128,7 @@ def _judge_single(examples, oracle, orders, scoring, step, round, failure_budget
                                                id=f"judge/{ex.id}/{order}/{slot}"))
                 who = "teacher" if (order == "ts") == (slot == 1) else "student"
                 keys.append((ex.id, order, who))
-    results = oracle.rating_many("judge", requests, step=step, round=round, scale=(1, 10), scoring=scoring,
+    results = oracle.rating_many("judge", requests, step=step, rnd=rnd, scale=(1, 10), scoring=scoring,
                                  failure_budget=failure_budget)
     out: dict[str, dict[str, dict[str, Any]]] = {}
     for (ex_id, order, who), res in zip(keys, results, strict=True):
@@ -146,7 +145,7 @@ def pair_scored_by_logprobs(oracle: Any, scoring: str | None) -> bool:
     return scoring == "logprob" and oracle.supports_logprobs("judge")
 
 
-def _judge_pair(examples, oracle, orders, scoring, justification_tokens, step, round, failure_budget):
+def _judge_pair(examples, oracle, orders, scoring, justification_tokens, step, rnd, failure_budget):
     by_logprob = pair_scored_by_logprobs(oracle, scoring)
     template = "judge_pair_scores" if by_logprob else "judge_pair"
     budget = None if by_logprob else max(int(justification_tokens or 0), int(oracle.role_cfg("judge").get("max_tokens") or 0)) or None
@@ -161,7 +160,7 @@ def _judge_pair(examples, oracle, orders, scoring, justification_tokens, step, r
     if by_logprob:
         prefill = "[[" if oracle.backend_for("judge").supports_prefill() else ""
         requests = [replace(r, logprobs=True, top_logprobs=LOGPROB_CANDIDATES, prefill=prefill) for r in requests]
-        results = oracle.chat_many("judge", requests, step=step, round=round, failure_budget=failure_budget)
+        results = oracle.chat_many("judge", requests, step=step, rnd=rnd, failure_budget=failure_budget)
         parsed_all, methods = [], []
         for res in results:
             pair = pair_from_logprobs(res.top_logprobs or []) if res.ok else None
@@ -171,11 +170,11 @@ def _judge_pair(examples, oracle, orders, scoring, justification_tokens, step, r
                 try:
                     pair = parse_score_pair(prefill + res.text)
                 except ValueError:
-                    oracle.usage.add("judge", step, round, parse_failures=1)
+                    oracle.usage.add("judge", step, rnd, parse_failures=1)
             parsed_all.append(pair)
             methods.append(method)
     else:
-        results = oracle.chat_many("judge", requests, step=step, round=round, parser=parse_score_pair,
+        results = oracle.chat_many("judge", requests, step=step, rnd=rnd, parser=parse_score_pair,
                                    failure_budget=failure_budget)
         parsed_all = [res.meta.get("parsed") if res.ok else None for res in results]
         methods = ["generative"] * len(results)

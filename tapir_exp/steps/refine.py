@@ -43,7 +43,7 @@ def style_for(task: str | None, styles: Mapping[str, str], default: str | None) 
 
 
 def refine_responses(examples: list[Example], oracle: Any, *, styles: Mapping[str, str], default_style: str | None,
-                     step: str = "refine", round: int = 0,
+                     step: str = "refine", rnd: int = 0,
                      failure_budget: float | None = None) -> tuple[list[Example], dict[str, Any]]:
     todo: dict[str, list[Example]] = {}
     for ex in examples:
@@ -56,7 +56,7 @@ def refine_responses(examples: list[Example], oracle: Any, *, styles: Mapping[st
         check = CHECKS.get(style, _check_nonempty)
         requests = [oracle.request("refiner", [{"role": "user", "content": render(
             f"refine_{style}", instruction=ex.prompt, response=ex.output)}], id=f"refine/{ex.id}") for ex in items]
-        results = oracle.chat_many("refiner", requests, step=step, round=round, parser=check,
+        results = oracle.chat_many("refiner", requests, step=step, rnd=rnd, parser=check,
                                    failure_budget=failure_budget)
         for ex, res in zip(items, results, strict=True):
             parsed = res.meta.get("parsed") if res.ok else None

@@ -8,12 +8,12 @@ from typing import Any
 from tapir_exp.records import Example
 
 
-def teacher_answers(examples: list[Example], oracle: Any, *, step: str, round: int,
+def teacher_answers(examples: list[Example], oracle: Any, *, step: str, rnd: int,
                     failure_budget: float | None = None) -> tuple[list[Example], dict[str, int]]:
     """Ask the teacher role for every example's response. Examples whose request failed after all retries
     (or came back empty) are dropped and counted: there is nothing to train on for them."""
     requests = [oracle.request("teacher", ex.messages(), id=f"teacher/{ex.id}") for ex in examples]
-    results = oracle.chat_many("teacher", requests, step=step, round=round, failure_budget=failure_budget)
+    results = oracle.chat_many("teacher", requests, step=step, rnd=rnd, failure_budget=failure_budget)
     kept: list[Example] = []
     failed = empty = truncated = 0
     for ex, res in zip(examples, results, strict=True):

@@ -197,7 +197,7 @@ class OpenAIGenerator:
         try:
             requests = [client.request("student", conv, id=f"student/{i}", seed=self.seed)
                         for i, conv in enumerate(conversations)]
-            results = client.chat_many("student", requests, step="student_generate", round=0, failure_budget=0.0)
+            results = client.chat_many("student", requests, step="student_generate", rnd=0, failure_budget=0.0)
         finally:
             client.close()
         return [Generation(r.text, r.completion_tokens, "length" if r.finish_reason == "length" else "stop",

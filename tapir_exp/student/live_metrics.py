@@ -27,8 +27,8 @@ Sink = Callable[[int, int, dict[str, float]], None]
 
 
 class LiveMetrics(L.Callback):
-    def __init__(self, sink: Sink | None, round: int):
-        self.sink, self.round = sink, int(round)
+    def __init__(self, sink: Sink | None, rnd: int):
+        self.sink, self.round = sink, int(rnd)
         self._reset()
         self._t: float | None = None
         self._step_seen: int | None = None
