@@ -25,7 +25,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 WORKER = r'''
-import json, sys, time
+import inspect, json, sys, time
 from hydra import compose, initialize_config_dir
 from tapir_exp.config import packaged_dir
 from tapir_exp.data import load_pool
@@ -38,15 +38,23 @@ with initialize_config_dir(config_dir=str(packaged_dir("conf")), version_base="1
                                       "oracle.progress=false", "paths.root=" + cache_dir])
 pool = load_pool(cfg.data, None, int(cfg.seed))[:items]
 oracle = build_oracle(cfg.oracle, None)
+
+
+def at(fn, r):
+    """The round keyword of ``fn`` in either checkout (``rnd`` since the rename, ``round`` before)."""
+    return {("rnd" if "rnd" in inspect.signature(fn).parameters else "round"): r}
+
+
 t0 = time.perf_counter()
-answered, _ = respond.teacher_answers(pool, oracle, step="teacher", round=0)
+answered, _ = respond.teacher_answers(pool, oracle, step="teacher", **at(respond.teacher_answers, 0))
 t_teacher = time.perf_counter() - t0
 for ex in answered:
     ex.meta["student"] = ex.output[: len(ex.output) // 2]
 m = cfg.steps.mfd
 t0 = time.perf_counter()
 judged, _ = judge.judge_mfd(answered, oracle, delta=float(m.delta), compare=str(m.compare), both_orders=True,
-                            scoring=m.scoring, fmt=str(m.format), justification_tokens=0, step="mfd", round=1)
+                            scoring=m.scoring, fmt=str(m.format), justification_tokens=0, step="mfd",
+                            **at(judge.judge_mfd, 1))
 t_judge = time.perf_counter() - t0
 backend = oracle.backend_for("teacher")
 prof = {}

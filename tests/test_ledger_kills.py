@@ -26,7 +26,7 @@ from tapir_exp.llm import build_oracle
 from tapir_exp.testing.oracle_config import oracle_cfg
 o = build_oracle(oracle_cfg(sys.argv[1], {cache!r}, concurrency={conc}, max_retries=6), {run_dir!r})
 reqs = [o.request("teacher", [{{"role": "user", "content": f"q {{i}}"}}], id=str(i)) for i in range({n})]
-o.chat_many("teacher", reqs, step="teacher", round=0)
+o.chat_many("teacher", reqs, step="teacher", rnd=0)
 o.close()
 print("done", flush=True)
 """

@@ -197,7 +197,7 @@ from tapir_exp.testing.oracle_config import oracle_cfg
 from tapir_exp.llm import build_oracle
 o = build_oracle(oracle_cfg(sys.argv[1], sys.argv[2], concurrency=2), sys.argv[3])
 reqs = [o.request("teacher", [{"role": "user", "content": f"item {i}"}], id=str(i)) for i in range(40)]
-o.chat_many("teacher", reqs, step="s", round=0)
+o.chat_many("teacher", reqs, step="s", rnd=0)
 print("done", flush=True)
 """
 
