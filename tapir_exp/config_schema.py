@@ -227,7 +227,7 @@ RULES: tuple[Rule, ...] = (
     Rule("tasks.fallback", string()),
     Rule("tasks.ratios", null_or(mapping_of(non_negative))),
     # -- curriculum
-    Rule("curriculum.rounds", count),
+    Rule("curriculum.rounds", integer(0)),  # 0: warm-up only (the skills world's warm-up measurement)
     Rule("curriculum.schedule", choice("constant", "linear", "list")),
     Rule("curriculum.alpha_start", fraction, when=lambda c: _get(c, "curriculum.schedule") != "list"),
     Rule("curriculum.alpha_end", fraction, when=lambda c: _get(c, "curriculum.schedule") == "linear"),

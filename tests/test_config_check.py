@@ -30,7 +30,7 @@ CONF = REPO / "conf"
 BAD = {
     # the examples
     "steps.mfd.delta=abc": "'steps.mfd.delta': got 'abc' (str), expected a number",
-    "curriculum.rounds=-1": "'curriculum.rounds': got -1, expected an integer >= 1",
+    "curriculum.rounds=-1": "'curriculum.rounds': got -1, expected an integer >= 0",
     "oracle.limits.concurrency=0": "'oracle.limits.concurrency': got 0, expected an integer >= 1",
     "student.lora.enabled=maybe": "'student.lora.enabled': got 'maybe' (str), expected true or false",
     "eval.alpaca_eval.path=/no/such/alpaca_eval.json":

@@ -39,6 +39,21 @@ def test_generators_round_trip(task, d):
         assert world.score_answer(inst.instruction, "Answer: nonsense") < 10
 
 
+def test_difficulty_one_math_is_one_digit_and_top_level_others_is_not_a_copy():
+    # issue 19: a copy of the word saturated at 100 % at every length, so difficulty 3 reverses it; a two-digit
+    # term at Math difficulty 1 left every student at 0 %, so difficulty 1 adds two digits
+    rng = random.Random(0)
+    for _ in range(20):
+        a, b = world._ints(world.make("Math", 1, rng).instruction)
+        assert 1 <= a <= 9 and 1 <= b <= 9
+        for d in (1, 2):
+            inst = world.make("Others", d, rng)
+            assert inst.answer == inst.instruction.split(": ", 1)[1] and len(inst.answer) == 2 * d + 1
+        inst = world.make("Others", 3, rng)
+        word = inst.instruction.split(": ", 1)[1]
+        assert inst.instruction.startswith(world.BACKWARDS) and len(word) == 5 and inst.answer == word[::-1]
+
+
 def test_pool_mix_and_eval_sets_are_disjoint():
     pool = world.SkillsPool(n=400, mix={"Math": 3, "Others": 1}, seed=5)()
     counts = Counter(ex.task for ex in pool)

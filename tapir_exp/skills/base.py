@@ -41,7 +41,7 @@ class SkillsBaseInit:
 
     # Bump when corpus.py or the pre-training loop changes what a given config builds: the cache key holds the
     # config, not the code.
-    FORMAT = 1
+    FORMAT = 2  # 2 (issue 19): one-digit sums at Math difficulty 1; Others at difficulty 3 spells a word backwards
 
     @property
     def key(self) -> dict[str, Any]:

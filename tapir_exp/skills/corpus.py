@@ -72,6 +72,9 @@ def _grammar(inst: world.Instance, rng: random.Random) -> str:
 
 
 def _easy(inst: world.Instance, rng: random.Random) -> str:
+    if inst.instruction.startswith(world.BACKWARDS):
+        word = inst.instruction[len(world.BACKWARDS):]
+        return rng.choice([f"{word} backwards: {inst.answer}", f"the word {word} spelled backwards is {inst.answer}"])
     return rng.choice([f"{inst.answer} {inst.answer}", f"the word {inst.answer}, again: {inst.answer}"])
 
 

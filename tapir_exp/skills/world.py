@@ -8,7 +8,8 @@ Every task is mapped onto a label of the TAPIR taxonomy and has difficulty level
 - Code Generation: a list transformation (reverse, sort, dedupe, rotate); difficulty = list length.
 - Complex Format: emit a JSON object from given fields; difficulty = number of fields.
 - Grammar: a rule-based rewrite (upper-case / swap a letter) of a short phrase; difficulty = phrase length.
-- Others: easy copying (repeat a word); difficulty = word length.
+- Others: easy copying (repeat a made-up word of 3 or 5 letters); difficulty 3 spells a 5-letter word backwards
+  (issue 19: plain copying of longer words stayed at 100 %, leaving no room to improve at the top level).
 """
 
 from __future__ import annotations
@@ -42,8 +43,8 @@ def _num(rng: random.Random, digits: int) -> int:
 
 
 def gen_math(rng: random.Random, d: int) -> str:
-    if d == 1:
-        return f"Compute {_num(rng, 1)} + {_num(rng, 2)}."
+    if d == 1:  # one-digit sums (issue 19: with a two-digit term no student got any right before instruction tuning)
+        return f"Compute {_num(rng, 1)} + {_num(rng, 1)}."
     if d == 2:
         return f"Compute {_num(rng, 2)} + {_num(rng, 2)} - {_num(rng, 1)}."
     return f"Compute {_num(rng, 2)} * {_num(rng, 1)} + {_num(rng, 2)}."
@@ -96,10 +97,14 @@ def _easy_level(word: str) -> int:
     return 1 if len(word) <= 3 else (2 if len(word) <= 5 else 3)
 
 
+BACKWARDS = "Spell the word backwards: "
+
+
 def gen_easy(rng: random.Random, d: int) -> str:
-    # a pronounceable made-up word of 3, 5 or 7 letters: consonant-vowel alternation
-    word = "".join(rng.choice("bdfgklmnprstvz" if i % 2 == 0 else "aeiou") for i in range(2 * d + 1))
-    return f"Repeat the word: {word}"
+    # a pronounceable made-up word (consonant-vowel alternation) of 3 or 5 letters, copied at difficulty 1-2 and
+    # reversed at 3 (copying a 7-letter word was as easy as a 3-letter one for the pre-trained student)
+    word = "".join(rng.choice("bdfgklmnprstvz" if i % 2 == 0 else "aeiou") for i in range(2 * min(d, 2) + 1))
+    return f"{BACKWARDS}{word}" if d == 3 else f"Repeat the word: {word}"
 
 
 GENERATORS: dict[str, Callable[[random.Random, int], str]] = {
@@ -131,6 +136,8 @@ def identify(instruction: str) -> tuple[str, int] | None:
         return "Grammar", len(phrase.split()) - 1
     if s.startswith("Repeat the word: "):
         return "Others", _easy_level(s.split(": ", 1)[1])
+    if s.startswith(BACKWARDS):
+        return "Others", 3
     return None
 
 
@@ -177,6 +184,8 @@ def solve(instruction: str) -> str | None:
             return m.group(3).replace(m.group(1), m.group(2))
         if s.startswith("Repeat the word: "):
             return s.split(": ", 1)[1]
+        if s.startswith(BACKWARDS):
+            return s[len(BACKWARDS):][::-1]
     except (ValueError, IndexError, AttributeError, SyntaxError):
         return None
     return None
