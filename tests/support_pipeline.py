@@ -118,6 +118,11 @@ def fast_overrides(base_url: str) -> list[str]:
             "oracle.progress=false", "steps.classify.method=oracle"]
 
 
+# A small pre-trained skills base (experiment=skills_tapir's real one takes ~15 minutes to build): the same
+# code path, for tests about what comes after the base.
+SMALL_SKILLS_BASE = ["student.init.facts=400", "student.init.steps=8", "student.init.batch_size=4"]
+
+
 def run_tapir(args: list[str], cwd: Path, **kw) -> subprocess.CompletedProcess:
     return subprocess.run(TAPIR + args, cwd=cwd, env=tapir_env(cwd), capture_output=True, text=True, **kw)
 

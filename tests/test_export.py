@@ -10,7 +10,7 @@ import pytest
 
 from tapir_exp.cli import export_main
 from tapir_exp.records import load_examples
-from tests.support_pipeline import run_tapir
+from tests.support_pipeline import SMALL_SKILLS_BASE, run_tapir
 
 pytestmark = pytest.mark.slow
 
@@ -25,7 +25,7 @@ def test_round_exports_load_with_datasets_and_match_the_mfd_artifact(tmp_path, c
     proc = run_tapir(["experiment=skills_tapir", "logger=none", "oracle.progress=false", "curriculum.rounds=1",
                       "curriculum.size=16", "data.generator.n=40", "steps.warmup.size=16", "steps.warmup.epochs=1",
                       "trainer.max_epochs=1", "steps.expand.per_round=4", "eval.skills.per_cell=1",
-                      "generation.max_new_tokens=4"], tmp_path, timeout=1800)
+                      "generation.max_new_tokens=4", *SMALL_SKILLS_BASE], tmp_path, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = next((tmp_path / "outputs/skills").glob("*/summary.json")).parent
     export, cache = run / "round_1" / "export", tmp_path / "hf_cache"

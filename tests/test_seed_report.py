@@ -13,7 +13,7 @@ import pytest
 from scipy.stats import t as student_t
 
 from tapir_exp.report import main as report_main
-from tests.support_pipeline import run_tapir
+from tests.support_pipeline import SMALL_SKILLS_BASE, run_tapir
 from tests.support_wandb import run_info, wait_for
 
 pytestmark = pytest.mark.slow
@@ -24,7 +24,7 @@ def test_two_settings_two_seeds_report_and_wandb_groups(tmp_path):
                       "curriculum.rounds=1", "curriculum.size=16", "data.generator.n=40", "steps.warmup.size=16",
                       "steps.warmup.epochs=1", "trainer.max_epochs=1", "steps.expand.per_round=4",
                       "eval.skills.per_cell=1", "generation.max_new_tokens=4",
-                      "steps.refine.enabled=true,false", "seed=1,2"], tmp_path, timeout=1800)
+                      "steps.refine.enabled=true,false", "seed=1,2", *SMALL_SKILLS_BASE], tmp_path, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = sorted(p.parent for p in (tmp_path / "outputs/skills").glob("*/summary.json"))
     assert len(runs) == 4

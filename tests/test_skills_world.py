@@ -167,13 +167,12 @@ def test_refinement_writes_worked_steps_ending_in_the_answer(tmp_path):
 
 @pytest.mark.slow
 def test_reduced_skills_run_end_to_end(tmp_path):
-    from tests.support_pipeline import run_tapir
+    from tests.support_pipeline import SMALL_SKILLS_BASE, run_tapir
 
     proc = run_tapir(["experiment=skills_tapir", "logger=csv", "oracle.progress=false", "curriculum.rounds=2",
                       "curriculum.size=48", "data.generator.n=160", "steps.warmup.size=48", "steps.warmup.epochs=2",
                       "trainer.max_epochs=2", "steps.expand.per_round=12", "eval.skills.per_cell=3",
-                      # a small pre-trained base (the real one takes minutes): the same code path
-                      "student.init.facts=400", "student.init.steps=8", "student.init.batch_size=4"], tmp_path,
+                      *SMALL_SKILLS_BASE], tmp_path,
                      timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
