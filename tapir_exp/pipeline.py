@@ -133,10 +133,11 @@ class Pipeline:
     def run_round(self, r: int, pool: list[Example], student_dir: Path) -> tuple[Path, list[Example]]:
         """One TAPIR round: MFD finds what the student cannot yet do, expansion adds more of it, the curriculum
         mixes hard and easy, the refiner restyles the answers, and the student trains on the result."""
-        answers = self.student_answers(r, pool, student_dir)
+        pool_hash = records_hash(pool)  # two steps name the pool as input: hashed once (seconds at 52K)
+        answers = self.student_answers(r, pool, pool_hash, student_dir)
         judged = self.mfd(r, answers)
         hard, easy = self.select(r, judged)
-        new_items = self.expand(r, hard, pool)
+        new_items = self.expand(r, hard, pool, pool_hash)
         new_hard, new_easy, expanded_hard_fraction = self.check_expanded(r, new_items, student_dir)
         mixed, alpha = self.mix(r, hard + new_hard, easy + new_easy)
         dataset = self.refine(r, mixed)
@@ -211,10 +212,10 @@ class Pipeline:
         return {"corpus": len(corpus)}
 
     # ------------------------------------------------------------------ round steps
-    def student_answers(self, r: int, pool: list[Example], student_dir: Path) -> StepResult:
+    def student_answers(self, r: int, pool: list[Example], pool_hash: str, student_dir: Path) -> StepResult:
         """The current student answers the pool (at most ``steps.mfd.max_items`` of it)."""
         config = {"generation": to_container(self.cfg.generation)}
-        inputs = {"pool": records_hash(pool), "student": self._hash_of(student_dir)}
+        inputs = {"pool": pool_hash, "student": self._hash_of(student_dir)}
         answers = self._records_step(
             "student_answers", r, config, inputs,
             lambda: respond.student_answers(self._judged_subset(fresh(pool), r), self.generator, student_dir))
@@ -251,7 +252,7 @@ class Pipeline:
         ids = set(doc["hard"])
         return [ex for ex in records if ex.id in ids], [ex for ex in records if ex.id not in ids]
 
-    def expand(self, r: int, hard: list[Example], pool: list[Example]) -> list[Example]:
+    def expand(self, r: int, hard: list[Example], pool: list[Example], pool_hash: str) -> list[Example]:
         """New instructions like the hard seeds of each task, answered by the teacher (none when
         ``steps.expand.enabled`` is off or nothing is hard)."""
         e = self.steps.expand
@@ -259,7 +260,7 @@ class Pipeline:
             return []
         config = {"expand": to_container(e), "ratios": self.ratios, "seed": self.seed,
                   "oracle": [role_signature(self.cfg.oracle, "expander"), role_signature(self.cfg.oracle, "teacher")]}
-        inputs = {"hard": records_hash(hard), "pool": records_hash(pool)}
+        inputs = {"hard": records_hash(hard), "pool": pool_hash}
 
         def compute():
             new, counts = expand.expand_hard_seeds(

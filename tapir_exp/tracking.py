@@ -60,7 +60,7 @@ class NullTracker:
             self._append("metrics.jsonl", {"step": step, **metrics})
 
     def log_train_step(self, rnd: int, step: int, metrics: dict[str, float]) -> bool:
-        """One optimizer step of round ``round``; False (nothing logged) when an earlier attempt logged it."""
+        """One optimizer step of round ``rnd``; False (nothing logged) when an earlier attempt logged it."""
         if self.reused(rnd) or step <= self.logged_steps.get(rnd, -1):
             return False
         self._append("metrics.jsonl", {"round": rnd, "train_step": step,
