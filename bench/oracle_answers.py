@@ -2,10 +2,12 @@
 goes (prefill vs decode, per request kind).
 
     .venv/bin/python bench/oracle_answers.py --against /tmp/old-checkout [--items 32]
+    .venv/bin/python bench/oracle_answers.py --against . --override oracle.backends.local.dtype=bfloat16
 
 Each checkout runs in its own process with the default oracle config (oracle=local, cache off): the teacher
 answers the demo pool, then the MFD judge (format single, log-probability scoring) rates each answer
-against a copy cut to its first half, as the pipeline asks it. Prints the wall time of each checkout, the
+against a copy cut to its first half, as the pipeline asks it; the expander samples 8 new instructions
+from the pool (one seed per request). ``--override`` changes this checkout's config only. Prints the wall time of each checkout, the
 ratio, the per-kind profile of this checkout (``LocalBackend.profile``), and every answer or rating that
 differs (texts must be identical; ratings are compared to 1e-4).
 """
@@ -26,16 +28,21 @@ REPO = Path(__file__).resolve().parents[1]
 
 WORKER = r'''
 import inspect, json, sys, time
+try:  # OpenMP's wait policy as the CLI chooses it, before torch is imported (older checkouts: their default)
+    from tapir_exp.cli import cpu_thread_defaults
+    cpu_thread_defaults()
+except ImportError:
+    pass
 from hydra import compose, initialize_config_dir
 from tapir_exp.config import packaged_dir
 from tapir_exp.data import load_pool
 from tapir_exp.llm import build_oracle
 from tapir_exp.steps import judge, respond
 
-items, cache_dir, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+items, cache_dir, out, extra = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4:]
 with initialize_config_dir(config_dir=str(packaged_dir("conf")), version_base="1.3"):
     cfg = compose("tapir", overrides=["oracle.cache.enabled=false", f"oracle.backends.local.cache_dir={cache_dir}",
-                                      "oracle.progress=false", "paths.root=" + cache_dir])
+                                      "oracle.progress=false", "paths.root=" + cache_dir, *extra])
 pool = load_pool(cfg.data, None, int(cfg.seed))[:items]
 oracle = build_oracle(cfg.oracle, None)
 
@@ -56,6 +63,13 @@ judged, _ = judge.judge_mfd(answered, oracle, delta=float(m.delta), compare=str(
                             scoring=m.scoring, fmt=str(m.format), justification_tokens=0, step="mfd",
                             **at(judge.judge_mfd, 1))
 t_judge = time.perf_counter() - t0
+# The expander samples (temperature > 0, one seed per request): every item of the pool counts as a hard seed.
+from tapir_exp.steps import expand
+t0 = time.perf_counter()
+expanded = expand.expand_hard_seeds(answered, answered, oracle, ratios=None, total=8, seed=int(cfg.seed),
+                                    step="expand", **at(expand.expand_hard_seeds, 1))
+t_expand = time.perf_counter() - t0
+expanded = expanded[0] if isinstance(expanded, tuple) else expanded
 backend = oracle.backend_for("teacher")
 prof = {}
 if hasattr(backend, "profile"):  # this checkout (the profile is new)
@@ -63,21 +77,20 @@ if hasattr(backend, "profile"):  # this checkout (the profile is new)
     prof = profile_summary(backend.profile)
 json.dump({"answers": {ex.id: ex.output for ex in answered},
            "mfd": {ex.id: ex.meta.get("mfd") for ex in judged},
-           "seconds": {"load": getattr(backend, "load_seconds", None), "teacher": t_teacher, "judge": t_judge},
+           "expansions": [ex.prompt for ex in expanded],
+           "seconds": {"load": getattr(backend, "load_seconds", None), "teacher": t_teacher, "judge": t_judge,
+                       "expand": t_expand},
            "profile": prof}, open(out, "w"), indent=1)
 oracle.close()
 '''
 
 
-def run(src: Path, items: int, cache_dir: str) -> dict:
+def run(src: Path, items: int, cache_dir: str, overrides: list[str] = ()) -> dict:
     out = tempfile.mktemp(suffix=".json")
     env = {k: v for k, v in os.environ.items() if k != "TAPIR_CACHE"}
     env.update(PYTHONPATH=str(src), HF_HUB_OFFLINE="1")
-    # as the CLI sets it (tapir_exp/cli.py:cpu_thread_defaults) when the checkout has it; the old one did not
-    if (src / "tapir_exp/cli.py").read_text().count("OMP_WAIT_POLICY"):
-        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-c", WORKER, str(items), cache_dir, out], env=env, check=True, cwd=src)
+    subprocess.run([sys.executable, "-c", WORKER, str(items), cache_dir, out, *overrides], env=env, check=True, cwd=src)
     doc = json.loads(Path(out).read_text())
     doc["wall"] = time.perf_counter() - t0
     return doc
@@ -87,6 +100,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--against", type=Path, required=True, help="the checkout to compare with (e.g. main)")
     ap.add_argument("--items", type=int, default=32)
+    ap.add_argument("--override", action="append", default=[],
+                    help="a config override for this checkout only, e.g. oracle.backends.local.dtype=bfloat16")
     args = ap.parse_args()
     cache_dir = tempfile.mkdtemp(prefix="tapir-oracle-bench-")
     sys.path.insert(0, str(REPO))  # this checkout's package, whatever the venv's editable install points at
@@ -95,16 +110,17 @@ def main() -> None:
     try:
         smollm2_hf_dir(cache_dir)  # converted once here, so neither side's timing includes the conversion
         before = run(args.against.resolve(), args.items, cache_dir)
-        after = run(REPO, args.items, cache_dir)
+        after = run(REPO, args.items, cache_dir, args.override)
     finally:
         shutil.rmtree(cache_dir, ignore_errors=True)
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     for name, d in (("against", before), ("this checkout", after)):
         s = d["seconds"]
         print(f"{name:>14}: wall {d['wall']:.1f} s (model load {s['load'] or 0:.1f}, teacher {s['teacher']:.1f}, "
-              f"judge {s['judge']:.1f})")
+              f"judge {s['judge']:.1f}, expand {s.get('expand', 0):.1f})")
     print(f"this / against: teacher x{after['seconds']['teacher'] / before['seconds']['teacher']:.2f}, "
-          f"judge x{after['seconds']['judge'] / before['seconds']['judge']:.2f}")
+          f"judge x{after['seconds']['judge'] / before['seconds']['judge']:.2f}, "
+          f"expand x{after['seconds']['expand'] / before['seconds']['expand']:.2f}")
     print("profile of this checkout, per request kind:")
     for kind, p in after["profile"].items():
         print(f"  {kind:<10} {int(p['requests'])} requests in {int(p['batches'])} batches; prefill "
@@ -120,6 +136,13 @@ def main() -> None:
     print(f"MFD values: {len(before['mfd']) - len(rdiffs)} of {len(before['mfd'])} equal within 1e-4")
     for k in rdiffs:
         print(f"  {k}: {before['mfd'][k]} -> {after['mfd'].get(k)}")
+    same = sum(a == b for a, b in zip(before["expansions"], after["expansions"], strict=False))
+    print(f"sampled expansions (one seed each): {same} of {len(before['expansions'])} identical"
+          + ("" if len(before["expansions"]) == len(after["expansions"]) else
+             f" ({len(before['expansions'])} before, {len(after['expansions'])} after)"))
+    for a, b in zip(before["expansions"], after["expansions"], strict=False):
+        if a != b:
+            print(f"    before: {a!r}\n    after:  {b!r}")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 import time
 from collections import defaultdict
@@ -26,6 +27,8 @@ from tapir_exp.llm.base import Backend, ChatRequest, ChatResult
 from tapir_exp.shorten import Fitted, fit_chat
 
 TOP_K_LOGPROBS = 20
+# A batch's common prefix is computed once when it is at least this long (shorter: not worth a second pass).
+MIN_SHARED_PREFIX = 16
 log = logging.getLogger("tapir")
 
 
@@ -70,8 +73,8 @@ class LocalBackend(Backend):
         self._model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, self.dtype)).to(self.device)
         self._model.eval()
         self.load_seconds = round(time.perf_counter() - t0, 3)
-        log.info("local oracle: %s loaded in %.1f s (%d torch threads)", path.name, self.load_seconds,
-                 torch.get_num_threads())
+        log.info("local oracle: %s loaded in %.1f s (%d torch threads, OpenMP wait policy %s)", path.name,
+                 self.load_seconds, torch.get_num_threads(), os.environ.get("OMP_WAIT_POLICY", "default (spin)"))
 
     async def complete(self, request: ChatRequest) -> ChatResult:
         out = (await self.complete_batch([request]))[0]
@@ -85,12 +88,14 @@ class LocalBackend(Backend):
     def _generate_all(self, requests: list[ChatRequest]) -> list[ChatResult | BaseException]:
         with self._lock:
             self._load()
-            # One generate() call per sampling setting; results go back in request order.
+            # One generate() call per sampling setting; results go back in request order. Sampled requests with
+            # different seeds share a call (each row draws from its own seeded generator, _RowSampler), except
+            # when they ask for log-probabilities, which must be those of the sampling distribution.
             groups: dict[tuple, list[int]] = {}
             for i, r in enumerate(requests):
                 sampled = r.temperature > 0
                 key = (sampled, r.temperature if sampled else 0.0, r.top_p if sampled else 1.0,
-                       r.seed if sampled else None, r.logprobs)
+                       r.seed if sampled and r.logprobs else None, r.logprobs)
                 groups.setdefault(key, []).append(i)
             out: list[ChatResult | BaseException] = [None] * len(requests)  # type: ignore[list-item]
             fitted: list[Fitted | None] = [None] * len(requests)
@@ -121,31 +126,69 @@ class LocalBackend(Backend):
         self._load()
         return fit_chat(request.message_dicts(), self._tok, self.max_input_tokens, prefill=request.prefill)
 
+    def _encode(self, fitted: list[Fitted]) -> tuple[dict[str, Any], int]:
+        """A batch's token ids and attention mask, and how many leading tokens all its prompts share.
+
+        Rows are left-padded as usual, except that a prefix of at least ``MIN_SHARED_PREFIX`` tokens common to
+        the whole batch (chat template, system prompt, the judge's rubric up to "grade only Assistant": ~50 of
+        a judge prompt's ~230 tokens) goes before the padding: ``[prefix | padding | rest]``. Its keys and
+        values are then computed once and copied to every row (``_generate``). Positions come from the mask,
+        so every token keeps the position it has in its own prompt; the answers change only by float noise
+        (a different split of the same sums; bench/oracle_answers.py compares them)."""
+        import torch
+
+        rows = [self._tok(f.text, add_special_tokens=False)["input_ids"] for f in fitted]
+        shared = shared_prefix_length(rows) if len(rows) > 1 else 0
+        if shared < MIN_SHARED_PREFIX:
+            shared = 0
+        width = max(len(r) for r in rows) - shared
+        pad = self._tok.pad_token_id
+        ids, mask = [], []
+        for r in rows:
+            gap = width - (len(r) - shared)
+            ids.append(r[:shared] + [pad] * gap + r[shared:])
+            mask.append([1] * shared + [0] * gap + [1] * (len(r) - shared))
+        enc = {"input_ids": torch.tensor(ids, device=self.device),
+               "attention_mask": torch.tensor(mask, device=self.device)}
+        return enc, shared
+
     def _generate(self, reqs: list[ChatRequest], fitted: list[Fitted], sampled: bool, temperature: float,
                   top_p: float, seed: int | None, logprobs: bool) -> list[ChatResult]:
         import torch
 
         tok, model = self._tok, self._model
-        enc = tok([f.text for f in fitted], return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+        enc, shared = self._encode(fitted)
         max_new = max(int(r.max_tokens) for r in reqs)
         kw: dict[str, Any] = {"max_new_tokens": max_new, "pad_token_id": tok.pad_token_id,
                               "return_dict_in_generate": True, "output_scores": logprobs}
-        if sampled:
+        clock = _StepClock()
+        processors: list[Any] = [clock]
+        if sampled and logprobs:  # one seed (grouped so): transformers' own sampling, scores as sampled from
             torch.manual_seed(int(seed or 0))
             kw.update(do_sample=True, temperature=temperature, top_p=top_p)
         else:
             kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        clock = _StepClock()
+            if sampled:  # greedy over scores that leave only each row's own draw
+                processors.append(_RowSampler([int(r.seed or 0) for r in reqs], temperature, top_p,
+                                              model.generation_config))
         t0 = time.perf_counter()
         with torch.inference_mode():
-            gen = model.generate(**enc, **kw, logits_processor=[clock])
+            if shared:  # the shared prefix's keys and values, once, then a copy per row
+                out = model(input_ids=enc["input_ids"][:1, :shared], use_cache=True)
+                name, cache = ("cache", out.cache) if getattr(out, "cache", None) is not None \
+                    else ("past_key_values", out.past_key_values)
+                cache.batch_repeat_interleave(len(reqs))
+                kw[name] = cache
+            gen = model.generate(**enc, **kw, logits_processor=processors)
         t_end = time.perf_counter()
         prompt_len = enc["input_ids"].shape[1]
         prof = self.profile[reqs[0].id.split("/")[0] or "?"]
         prof["batches"] += 1
         prof["requests"] += len(reqs)
         prof["prompt_tokens"] += int(enc["attention_mask"].sum())
-        prof["padded_prompt_tokens"] += int(enc["input_ids"].numel())
+        # what the forward passes read: the shared prefix once, each row's padded rest
+        prof["padded_prompt_tokens"] += int(enc["input_ids"].numel()) - shared * (len(reqs) - 1)
+        prof["shared_prefix_tokens"] += shared * (len(reqs) - 1)
         prof["prefill_s"] += (clock.first or t_end) - t0
         prof["decode_steps"] += max(0, clock.calls - 1)
         prof["decode_rows"] += max(0, clock.calls - 1) * len(reqs)
@@ -180,6 +223,59 @@ class LocalBackend(Backend):
                                       top_logprobs=top, meta={"shortened": fitted[b].removed} if fitted[b].removed
                                       else {}))
         return results
+
+
+def shared_prefix_length(rows: list[list[int]]) -> int:
+    """How many leading tokens all rows have in common, leaving every row at least one token of its own."""
+    n = min(len(r) for r in rows) - 1
+    first = rows[0]
+    for i in range(max(n, 0)):
+        if any(r[i] != first[i] for r in rows):
+            return i
+    return max(n, 0)
+
+
+class _RowSampler:
+    """Samples every row of a batch from its own generator, seeded with its request's seed, and hands back
+    scores whose arg-max is that draw (everything else -inf), so that greedy search emits it.
+
+    transformers samples a whole batch from the one global generator, so requests with different seeds used
+    to be generated one at a time, at batch size 1; decoding on a CPU costs about the same per step for 1 or
+    16 rows. The draw repeats transformers' sampling for a single request: its warpers in its order
+    (temperature, top-k with the generation config's default of 50, top-p), softmax, one multinomial draw
+    from a CPU generator seeded as ``torch.manual_seed(seed)`` seeds the global one; so a request samples the
+    same text alone or in a batch, up to the float noise of padding (tests/test_local_oracle.py)."""
+
+    def __init__(self, seeds: list[int], temperature: float, top_p: float, generation_config: Any) -> None:
+        import torch
+        from transformers.generation.logits_process import (
+            TemperatureLogitsWarper,
+            TopKLogitsWarper,
+            TopPLogitsWarper,
+        )
+
+        top_k = generation_config.top_k if generation_config.top_k is not None \
+            else type(generation_config)._get_default_generation_params()["top_k"]
+        self.warpers: list[Any] = []
+        if temperature != 1.0:
+            self.warpers.append(TemperatureLogitsWarper(temperature))
+        if top_k:
+            self.warpers.append(TopKLogitsWarper(top_k=top_k))
+        if top_p is not None and top_p < 1.0:
+            self.warpers.append(TopPLogitsWarper(top_p=top_p))
+        self.generators = [torch.Generator().manual_seed(s) for s in seeds]
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import torch
+
+        for warp in self.warpers:
+            scores = warp(input_ids, scores)
+        probs = torch.nn.functional.softmax(scores, dim=-1)
+        picks = [int(torch.multinomial(probs[b:b + 1], num_samples=1, generator=g)) for b, g in
+                 enumerate(self.generators)]
+        only = torch.full_like(scores, float("-inf"))
+        only[torch.arange(len(picks)), torch.tensor(picks)] = 0.0
+        return only
 
 
 class _StepClock:
