@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 WORKER = r'''
 import inspect, json, sys, time
-try:  # OpenMP's wait policy as the CLI chooses it, before torch is imported (older checkouts: their default)
+try:  # OpenMP's wait policy as the CLI sets it, before torch is imported (older checkouts: their default)
     from tapir_exp.cli import cpu_thread_defaults
     cpu_thread_defaults()
 except ImportError:
