@@ -74,3 +74,36 @@ def test_openmp_threads_sleep_unless_the_user_says_otherwise(monkeypatch):
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
     cpu_thread_defaults()
     assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+
+
+def test_a_shared_prompt_prefix_is_computed_once_and_changes_no_answer(backend, monkeypatch):
+    """Judge-like prompts that share their first ~40 words: the backend computes the prefix's keys and values
+    once (one forward pass at batch size 1), then only the rest of each row; greedy texts and log-probabilities
+    equal those of plain left padding."""
+    import tapir_exp.llm.local as local
+
+    rubric = " ".join(WORDS * 2)
+    reqs = [ChatRequest.of([{"role": "user", "content": f"{rubric} {' '.join(WORDS[i:i + 2 + 3 * i])}"}],
+                           id=f"judge/{i}", max_tokens=6, logprobs=True, top_logprobs=5) for i in range(4)]
+    enc, shared = backend._encode([backend.fit(r) for r in reqs])
+    assert shared >= 40 and enc["attention_mask"][:, :shared].all()  # the prefix sits before the padding
+    before = backend.profile["judge"]["shared_prefix_tokens"]
+    widths: list[int] = []  # tokens each forward pass reads
+    hook = backend._model.register_forward_pre_hook(
+        lambda _m, _a, kw: widths.append(kw["input_ids"].shape[1]) if "input_ids" in kw else None, with_kwargs=True)
+    try:
+        with_prefix = backend._generate_all(reqs)
+    finally:
+        hook.remove()
+    width = enc["input_ids"].shape[1]
+    assert widths[:2] == [shared, width - shared]  # the prefix once (batch 1), then only the rest of each row
+    assert backend.profile["judge"]["shared_prefix_tokens"] == before + shared * 3
+    assert 0 <= local.profile_summary(backend.profile)["judge"]["padding_share"] < 0.5  # the prefix counts once
+    monkeypatch.setattr(local, "MIN_SHARED_PREFIX", 10_000)  # plain left padding
+    plain = backend._generate_all(reqs)
+    assert [r.text for r in with_prefix] == [r.text for r in plain]
+    for a, b in zip(with_prefix, plain, strict=True):
+        assert len(a.top_logprobs) == len(b.top_logprobs)
+        for pa, pb in zip(a.top_logprobs, b.top_logprobs, strict=True):
+            top = max(pb, key=pb.get)
+            assert max(pa, key=pa.get) == top and abs(pa[top] - pb[top]) < 1e-4

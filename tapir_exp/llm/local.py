@@ -1,7 +1,8 @@
 """An in-process transformers model as an oracle backend (the embedded default: SmolLM2-135M-Instruct).
 
-Requests are generated in length-sorted batches with left padding; greedy when temperature is 0, seeded
-sampling otherwise. Token log-probabilities come from the generation scores, so the judge's
+Requests are generated in length-sorted batches with left padding, a prefix common to the whole batch computed
+once; greedy when temperature is 0, otherwise sampled with each request's own seed (requests with different
+seeds share a batch). Token log-probabilities come from the generation scores, so the judge's
 log-probability rating works locally too. Generation runs in a worker thread so the client's event loop
 (timeouts, progress) stays responsive.
 
@@ -300,7 +301,8 @@ def profile_summary(profile: dict[str, dict[str, float]]) -> dict[str, dict[str,
         row = {k: round(v, 3) for k, v in p.items()}
         row["prefill_tok_per_s"] = round(p["padded_prompt_tokens"] / p["prefill_s"], 1) if p["prefill_s"] else None
         row["decode_tok_per_s"] = round(p["decode_rows"] / p["decode_s"], 1) if p["decode_s"] else None
-        row["padding_share"] = round(1 - p["prompt_tokens"] / p["padded_prompt_tokens"], 3) \
-            if p["padded_prompt_tokens"] else None
+        # the shared prefix counts once in padded_prompt_tokens (what was computed) and once per row in prompt_tokens
+        row["padding_share"] = round(1 - (p["prompt_tokens"] - p["shared_prefix_tokens"]) / p["padded_prompt_tokens"],
+                                     3) if p["padded_prompt_tokens"] else None
         out[kind] = row
     return out
