@@ -138,7 +138,7 @@ class LocalBackend(Backend):
         (a different split of the same sums; bench/oracle_answers.py compares them)."""
         import torch
 
-        rows = [self._tok(f.text, add_special_tokens=False)["input_ids"] for f in fitted]
+        rows = self._tok([f.text for f in fitted], add_special_tokens=False)["input_ids"]
         shared = shared_prefix_length(rows) if len(rows) > 1 else 0
         if shared < MIN_SHARED_PREFIX:
             shared = 0
