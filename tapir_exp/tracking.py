@@ -55,13 +55,17 @@ class NullTracker:
         """Round ``step`` was logged by an earlier attempt of this run."""
         return step is not None and step in self.logged_rounds
 
+    def train_step_reused(self, rnd: int, step: int) -> bool:
+        """Optimizer step ``step`` of round ``rnd`` (or the whole round) was logged by an earlier attempt."""
+        return self.reused(rnd) or step <= self.logged_steps.get(rnd, -1)
+
     def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
         if not self.reused(step):
             self._append("metrics.jsonl", {"step": step, **metrics})
 
     def log_train_step(self, rnd: int, step: int, metrics: dict[str, float]) -> bool:
         """One optimizer step of round ``rnd``; False (nothing logged) when an earlier attempt logged it."""
-        if self.reused(rnd) or step <= self.logged_steps.get(rnd, -1):
+        if self.train_step_reused(rnd, step):
             return False
         self._append("metrics.jsonl", {"round": rnd, "train_step": step,
                                        **{f"train_step/{k}": v for k, v in metrics.items()}})
@@ -112,7 +116,7 @@ class LazyTracker(NullTracker):
             self._started().log_metrics(metrics, step)
 
     def log_train_step(self, rnd: int, step: int, metrics: dict[str, float]) -> bool:
-        if self.reused(rnd) or step <= self.logged_steps.get(rnd, -1):
+        if self.train_step_reused(rnd, step):
             return False
         return self._started().log_train_step(rnd, step, metrics)
 
