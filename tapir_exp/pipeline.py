@@ -65,6 +65,7 @@ class Pipeline:
         self.ratios = ratios if cfg.steps.balance.enabled else None
         self.labels = list(cfg.tasks.labels)
         self.summary = RunSummary(self.run_dir, cfg, readonly=not self.leader)
+        self.share_warmup = bool(cfg.steps.warmup.get("share", False))  # steps.warmup.share
         self._oracle = None
         self._generator = None
 
@@ -128,7 +129,7 @@ class Pipeline:
         """Initialise the student and fine-tune it on the warm-up set."""
         init = self.init_student(pool)
         data = self.warmup_data(pool)
-        return self.train(0, init.path, data, epochs=self.steps.warmup.get("epochs"))
+        return self.train(0, init.path, data, epochs=self.steps.warmup.get("epochs"), shared=self.share_warmup)
 
     def run_round(self, r: int, pool: list[Example], student_dir: Path) -> tuple[Path, list[Example]]:
         """One TAPIR round: MFD finds what the student cannot yet do, expansion adds more of it, the curriculum
@@ -331,24 +332,33 @@ class Pipeline:
 
         return self._records_step("dataset", r, config, inputs, compute)
 
-    def train(self, r: int, init_dir: Path, data: StepResult, epochs: int | None = None) -> Path:
-        """student_r: the previous student fine-tuned on ``data``."""
+    def train(self, r: int, init_dir: Path, data: StepResult, epochs: int | None = None, shared: bool = False) -> Path:
+        """student_r: the previous student fine-tuned on ``data``; ``shared``: taken from (or stored in) the
+        cache of students other runs trained with the same signature (one process only: in a multi-process
+        job every rank must train)."""
         if epochs is None:  # a student may need its own number of passes (a random-init one needs many)
             epochs = self.cfg.student.get("max_epochs")
         config = {"student": to_container(self.cfg.student), "trainer": to_container(self.cfg.trainer),
                   "epochs": epochs, "seed": self.seed + r}
         inputs = {"init": self._hash_of(init_dir), "data": data.entry.artifact_hash}
         work_dir = self.store.round_dir(r) / "train_work"
-        trained = self.store.run_dir_step(
-            "student", r, config, inputs, lambda tmp: self._fit(r, init_dir, data, tmp, epochs, work_dir),
-            collective=True)
+
+        def fit(tmp: Path) -> dict[str, Any]:
+            return self._fit(r, init_dir, data, tmp, epochs, work_dir)
+
+        if shared and launch_rank()[1] == 1:
+            from tapir_exp.student.shared import shared_training
+
+            fit = shared_training(Path(self.cfg.paths.cache_dir) / "students", f"round{r}",
+                                  {"config": config, "inputs": inputs}, fit)
+        trained = self.store.run_dir_step("student", r, config, inputs, fit, collective=True)
         if not trained.reused:
             shutil.rmtree(work_dir, ignore_errors=True)  # mid-round checkpoints are no longer needed
         self._note(r, "student", trained)
         counts = trained.entry.counts
         self.summary.update(r, train={k: counts.get(k) for k in ("first_loss", "final_loss", "losses", "steps", "tokens", "world_size",
                                                                "examples_per_step", "tokens_per_step",
-                                                               "answer_tail_cut", "dropped_prompt_too_long")})
+                                                               "answer_tail_cut", "dropped_prompt_too_long", "shared_from")})
         if not trained.reused and counts.get("losses"):
             self.tracker.log_series(f"train/loss_round_{r}", counts["losses"], step=r)
         return trained.path

@@ -89,7 +89,8 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
 def _role_model(cfg: DictConfig, role: str) -> str:
     backend = cfg.oracle.roles[role].backend
     node = cfg.oracle.backends.get(backend)
-    return str(node.model) if node is not None else backend
+    model = node.get("model") if node is not None else None  # in-process backends (oracle=skills) name none
+    return str(model) if model else backend
 
 
 def _print(doc: dict[str, Any]) -> None:

@@ -29,6 +29,14 @@ def test_two_settings_two_seeds_report_and_wandb_groups(tmp_path):
     runs = sorted(p.parent for p in (tmp_path / "outputs/skills").glob("*/summary.json"))
     assert len(runs) == 4
     summaries = {r: json.loads((r / "summary.json").read_text()) for r in runs}
+    # steps.warmup.share (on in the skills experiments): the two settings of a seed start from one warm-up,
+    # trained by the first of them and linked (same file) into the other
+    for seed in (1, 2):
+        mine = [r for r in runs if summaries[r]["config"]["seed"] == seed]
+        counts = [next(e["counts"] for e in json.loads((r / "manifest.json").read_text())["steps"]
+                       if e["round"] == 0 and e["step"] == "student") for r in mine]
+        assert sorted("shared_from" in c for c in counts) == [False, True], counts
+        assert len({(r / "round_0/student/model.safetensors").stat().st_ino for r in mine}) == 1
 
     out = tmp_path / "report"
     report_main([str(tmp_path / "outputs/skills"), "--out", str(out)])

@@ -43,12 +43,28 @@ def test_corpus_states_true_facts_as_plain_text_and_never_the_eval_set():
     assert "\n".join(docs) == text  # pages regroup the facts, in order, without losing any
 
 
+def test_the_addition_table_states_every_one_digit_sum_and_interleaves_in_order():
+    pages = corpus.addition_table(3, seed=5)
+    assert pages == corpus.addition_table(3, seed=5) and len(pages) == 3 * 9
+    lines = [line for p in pages for line in p.split("\n")]
+    assert all(len(p.split("\n")) == 9 for p in pages)
+    for copy in range(3):  # each copy is the whole table, in its own order
+        chunk = lines[copy * 81:(copy + 1) * 81]
+        assert sorted(chunk) == sorted(f"{a} + {b} = {a + b}" for a in range(1, 10) for b in range(1, 10))
+    assert lines[:81] != lines[81:162]
+    docs = [f"doc {i}" for i in range(50)]
+    mixed = corpus.interleave(docs, pages, seed=5)
+    assert [d for d in mixed if d.startswith("doc")] == docs and [d for d in mixed if not d.startswith("doc")] == pages
+    assert mixed[:len(pages)] != pages and mixed[-len(pages):] != pages  # spread, not appended
+    assert "Compute" not in "\n".join(pages)  # facts, not the held-out instructions
+
+
 def test_base_is_built_once_deterministically_and_cached(tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from tapir_exp.skills.base import SkillsBaseInit
 
-    kw = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, facts=300, steps=6,
+    kw = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, facts=300, addition_table=1, steps=6,
               batch_size=4, seq_len=64, warmup_steps=2)
     a = SkillsBaseInit(cache_dir=str(tmp_path / "a"), **kw)
     path = a.build()

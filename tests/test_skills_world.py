@@ -40,8 +40,9 @@ def test_generators_round_trip(task, d):
 
 
 def test_difficulty_one_math_is_one_digit_and_top_level_others_is_not_a_copy():
-    # issue 19: a copy of the word saturated at 100 % at every length, so difficulty 3 reverses it; a two-digit
-    # term at Math difficulty 1 left every student at 0 %, so difficulty 1 adds two digits
+    # issue 19: a copy of the word saturated at 100 % at every length, and a reversed 5-letter word after the
+    # 4-layer student's warm-up, so difficulty 3 reverses a 7-letter word; a two-digit term at Math difficulty 1
+    # left every student at 0 %, so difficulty 1 adds two digits
     rng = random.Random(0)
     for _ in range(20):
         a, b = world._ints(world.make("Math", 1, rng).instruction)
@@ -51,13 +52,15 @@ def test_difficulty_one_math_is_one_digit_and_top_level_others_is_not_a_copy():
             assert inst.answer == inst.instruction.split(": ", 1)[1] and len(inst.answer) == 2 * d + 1
         inst = world.make("Others", 3, rng)
         word = inst.instruction.split(": ", 1)[1]
-        assert inst.instruction.startswith(world.BACKWARDS) and len(word) == 5 and inst.answer == word[::-1]
+        assert inst.instruction.startswith(world.BACKWARDS) and len(word) == 7 and inst.answer == word[::-1]
 
 
 def test_pool_mix_and_eval_sets_are_disjoint():
     pool = world.SkillsPool(n=400, mix={"Math": 3, "Others": 1}, seed=5)()
     counts = Counter(ex.task for ex in pool)
-    assert set(counts) == {"Math", "Others"} and 2.2 < counts["Math"] / counts["Others"] < 4.0
+    # 3:1 drawn; a little under 3 because Math difficulty 1 has only ~70 distinct one-digit sums outside the
+    # held-out set, so repeats of them are drawn again
+    assert set(counts) == {"Math", "Others"} and 2.0 < counts["Math"] / counts["Others"] < 4.0
     held_out = {i.instruction for i in world.eval_set(5)}
     assert not held_out & {ex.instruction for ex in pool}
     # the eval set is fixed across runs (eval.skills.seed); every run's pool avoids that one, not its own

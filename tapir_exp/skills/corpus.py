@@ -108,6 +108,37 @@ def facts(n: int, seed: int = 0, heldout: tuple[int, int] | None = (1234, 10),
     return out
 
 
+def addition_table(copies: int, seed: int = 0) -> list[str]:
+    """The one-digit addition table (all 81 sums ``a + b = c``), ``copies`` times, each copy in its own seeded
+    order and cut into pages of 9 lines.
+
+    Web text states these sums over and over (times tables, worksheets), so an LLM knows every one of them;
+    the distinct-fact corpus states each at most once and never the held-out ones, which left the students at
+    0 % on Math difficulty 1 (one-digit sums) whatever the instruction tuning (issue 19). With the table, Math
+    difficulty 1 asks the instruction tuning to use a known fact, as it would an LLM's; the held-out
+    instructions (``Compute a + b.``) still never appear."""
+    rng = random.Random(f"{seed}/table")
+    sums = [f"{a} + {b} = {a + b}" for a in range(1, 10) for b in range(1, 10)]
+    out = []
+    for _ in range(copies):
+        order = rng.sample(sums, len(sums))
+        out += ["\n".join(order[i:i + 9]) for i in range(0, len(order), 9)]
+    return out
+
+
+def interleave(docs: list[str], extra: list[str], seed: int = 0) -> list[str]:
+    """``extra`` pages spread over ``docs`` at seeded positions (order within each list kept)."""
+    rng = random.Random(f"{seed}/interleave")
+    slots = sorted(rng.randint(0, len(docs)) for _ in extra)
+    out, j = [], 0
+    for i, d in enumerate(docs):
+        while j < len(extra) and slots[j] == i:
+            out.append(extra[j])
+            j += 1
+        out.append(d)
+    return out + extra[j:]
+
+
 def documents(texts: list[str], seed: int = 0, per_doc: tuple[int, int] = (3, 8)) -> list[str]:
     """Facts grouped into short "pages" (several facts, one per line), as they would sit in web text."""
     rng = random.Random(f"{seed}/docs")

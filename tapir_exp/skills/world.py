@@ -8,8 +8,9 @@ Every task is mapped onto a label of the TAPIR taxonomy and has difficulty level
 - Code Generation: a list transformation (reverse, sort, dedupe, rotate); difficulty = list length.
 - Complex Format: emit a JSON object from given fields; difficulty = number of fields.
 - Grammar: a rule-based rewrite (upper-case / swap a letter) of a short phrase; difficulty = phrase length.
-- Others: easy copying (repeat a made-up word of 3 or 5 letters); difficulty 3 spells a 5-letter word backwards
-  (issue 19: plain copying of longer words stayed at 100 %, leaving no room to improve at the top level).
+- Others: easy copying (repeat a made-up word of 3 or 5 letters); difficulty 3 spells a 7-letter word backwards
+  (issue 19: plain copying of longer words stayed at 100 %, and the 4-layer student reversed 5-letter words at
+  100 % after its warm-up, leaving no room to improve at the top level).
 """
 
 from __future__ import annotations
@@ -101,9 +102,10 @@ BACKWARDS = "Spell the word backwards: "
 
 
 def gen_easy(rng: random.Random, d: int) -> str:
-    # a pronounceable made-up word (consonant-vowel alternation) of 3 or 5 letters, copied at difficulty 1-2 and
-    # reversed at 3 (copying a 7-letter word was as easy as a 3-letter one for the pre-trained student)
-    word = "".join(rng.choice("bdfgklmnprstvz" if i % 2 == 0 else "aeiou") for i in range(2 * min(d, 2) + 1))
+    # a pronounceable made-up word (consonant-vowel alternation) of 3 or 5 letters, copied at difficulty 1-2, and
+    # of 7 letters reversed at 3 (copying a 7-letter word was as easy as a 3-letter one for the pre-trained
+    # student, and the 4-layer student reversed every 5-letter word after its warm-up)
+    word = "".join(rng.choice("bdfgklmnprstvz" if i % 2 == 0 else "aeiou") for i in range(2 * d + 1))
     return f"{BACKWARDS}{word}" if d == 3 else f"Repeat the word: {word}"
 
 

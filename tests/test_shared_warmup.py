@@ -1,0 +1,64 @@
+"""The warm-up student shared by runs that would train it identically (``steps.warmup.share``): trained once,
+linked into every later run with the same signature, keyed also by what decides the floats (torch threads)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from tapir_exp.student.shared import shared_key, shared_training
+
+
+def test_second_run_links_the_stored_student_instead_of_training(tmp_path):
+    trained: list[Path] = []
+
+    def fit(out: Path) -> dict:
+        trained.append(out)
+        (out / "model.safetensors").write_bytes(b"weights of run %d" % len(trained))
+        return {"steps": 3, "losses": [2.0, 1.5, 1.0]}
+
+    sig = {"config": {"seed": 1, "epochs": 20}, "inputs": {"init": "abc", "data": "def"}}
+    cache = tmp_path / "students"
+    first, second = tmp_path / "run1", tmp_path / "run2"
+    first.mkdir(), second.mkdir()
+    counts1 = shared_training(cache, "round0", sig, fit)(first)
+    counts2 = shared_training(cache, "round0", sig, fit)(second)
+    assert trained == [first]  # the second run did not train
+    assert counts1["losses"] == counts2["losses"] == [2.0, 1.5, 1.0] and counts1["steps"] == counts2["steps"] == 3
+    assert counts2["shared_from"] == counts1["shared_to"] == f"round0-{shared_key(sig)}"
+    a, b = first / "model.safetensors", second / "model.safetensors"
+    assert b.read_bytes() == b"weights of run 1" and a.stat().st_ino == b.stat().st_ino  # hard link, no copy
+    stored = json.loads((cache / counts1["shared_to"] / "counts.json").read_text())
+    assert stored == {"steps": 3, "losses": [2.0, 1.5, 1.0]}
+
+    # another signature (another seed) trains its own
+    third = tmp_path / "run3"
+    third.mkdir()
+    counts3 = shared_training(cache, "round0", {**sig, "config": {"seed": 2, "epochs": 20}}, fit)(third)
+    assert trained == [first, third] and "shared_to" in counts3
+
+
+def test_the_key_holds_the_thread_count_that_decides_the_floats():
+    sig = {"config": {"seed": 1}, "inputs": {}}
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = shared_key(sig)
+        torch.set_num_threads(2)
+        assert shared_key(sig) != one
+        torch.set_num_threads(1)
+        assert shared_key(sig) == one
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_a_plan_never_stores_its_placeholder_student_in_the_shared_cache(tmp_path):
+    from tests.support_pipeline import run_tapir
+
+    proc = run_tapir(["experiment=skills_tapir", "mode=plan", "logger=none", "oracle.progress=false",
+                      "data.generator.n=40", "curriculum.size=16", "steps.expand.per_round=4"], tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "plan" in proc.stdout.lower()
+    assert not (tmp_path / "outputs/.cache/students").exists()  # the dry run "trained" a warm-up with share on
