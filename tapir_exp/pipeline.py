@@ -468,6 +468,7 @@ class Pipeline:
 
     def finish_round(self, r: int, t0: float) -> None:
         self.summary.update(r, oracle=usage_for_round(self.oracle_usage(), r), wall_seconds=round(time.time() - t0, 1))
+        self.summary.record_environment(r)
         self.summary.save()
         self.tracker.log_metrics(self.summary.flat_metrics(r), step=r)
         if self.leader:

@@ -55,6 +55,7 @@ def load(run: Path) -> dict[str, Any]:
     setting = setting_of(str(doc.get("run_name", run.name)), overrides, max_len=200)
     return {"run": str(run), "label": label, "setting": f"{doc.get('name', run.parent.name)}/{setting}",
             "overrides": overrides, "seed": (doc.get("config") or {}).get("seed"), "rounds": rounds,
+            "environments": doc.get("environments") or {},
             "per_round": [dict(pr, round=rec["round"]) for pr, rec in zip(per_round, rounds, strict=True)]}
 
 
@@ -111,7 +112,7 @@ def write_tables(runs: list[dict[str, Any]], out: Path) -> None:
     (out / "report.md").write_text(
         "# tapir-report\n\nLast round; runs that differ only in their seed are one setting: mean over seeds ± the "
         "half-width of its 95 % interval (Student t). Each run: runs.csv.\n\n" + "\n".join(lines) + "\n"
-        + protocols_section(runs))
+        + protocols_section(runs) + environments_section(runs))
 
 
 def protocols_section(runs: list[dict[str, Any]]) -> str:
@@ -124,6 +125,30 @@ def protocols_section(runs: list[dict[str, Any]]) -> str:
         for suite, line in describe((r["rounds"][-1].get("eval") or {}) if r["rounds"] else {}).items():
             lines.append(f"- {r['label']} {suite}: {line}")
     return "\n## Evaluation protocols\n\n" + "\n".join(lines) + "\n" if lines else ""
+
+
+def environments_section(runs: list[dict[str, Any]]) -> str:
+    """The machines and software the runs' rounds were computed in (tapir_exp.environment), one row each:
+    bytewise equal results can only be expected between runs of one row; across rows, only statistically."""
+    seen: dict[str, dict[str, Any]] = {}
+    count: dict[str, set[str]] = defaultdict(set)
+    for r in runs:
+        for rec in r["rounds"]:
+            eid = rec.get("environment")
+            if eid:
+                seen.setdefault(eid, r["environments"].get(eid) or {})
+                count[eid].add(r["label"])
+    if not seen:
+        return ""
+    keys = ["cpu", "cpu_flags", "cores", "torch_threads", "python", "torch", "transformers", "packages",
+            "packages_hash"]
+    fmt = lambda v: " ".join(v) if isinstance(v, list) else ("" if v is None else str(v))  # noqa: E731
+    rows = [f"| {eid} | {len(count[eid])} | " + " | ".join(fmt(env.get(k)) for k in keys) + " |"
+            for eid, env in sorted(seen.items())]
+    return ("\n## Environments\n\nWhere the runs' rounds were computed (summary.json `environments`). Results are "
+            "bytewise reproducible only within one environment; across environments compare intervals.\n\n"
+            "| environment | runs | " + " | ".join(keys) + " |\n|" + "---|" * (len(keys) + 2) + "\n"
+            + "\n".join(rows) + "\n")
 
 
 def plot(runs: list[dict[str, Any]], out: Path) -> list[Path]:

@@ -36,6 +36,17 @@ class RunSummary:
     def update(self, r: int, **values: Any) -> None:
         self.round(r).update(values)
 
+    def record_environment(self, r: int) -> None:
+        """The environment round r was computed in (tapir_exp.environment): kept from the process that first
+        finished the round, so re-running a finished run does not relabel it."""
+        from tapir_exp.environment import describe, env_id
+
+        rec = self.round(r)
+        if "environment" not in rec:
+            env = describe()
+            rec["environment"] = env_id(env)
+            self.doc.setdefault("environments", {})[rec["environment"]] = env
+
     def add_seconds(self, r: int, step: str, seconds: float) -> None:
         self.round(r).setdefault("seconds", {})[step] = seconds
 

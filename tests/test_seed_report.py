@@ -53,6 +53,14 @@ def test_two_settings_two_seeds_report_and_wandb_groups(tmp_path):
             half = student_t.ppf(0.975, 1) * statistics.stdev(values) / 2 ** 0.5
             assert float(row[f"{key} ci95"]) == pytest.approx(half)
     md = (out / "report.md").read_text()
+    # every round names the environment it was computed in, and the report lists it (one machine: one row)
+    from tapir_exp.environment import cpu_model
+
+    ids = {rec["environment"] for s in summaries.values() for rec in s["rounds"]}
+    assert len(ids) == 1
+    env = next(iter(summaries.values()))["environments"][ids.pop()]
+    assert env["cpu"] == cpu_model() and env["torch"].startswith("2.13") and env["torch_threads"] >= 1
+    assert "## Environments" in md and f"| 4 | {env['cpu']} |" in md and env["packages_hash"] in md
     assert "| skills/steps.refine.enabled=true | 2 | 1 |" in md.lower() and " ± " in md
     with open(out / "runs.csv") as fh:
         assert len(list(csv.DictReader(fh))) == 4  # every run on its own too
