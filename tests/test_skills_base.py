@@ -64,8 +64,8 @@ def test_base_is_built_once_deterministically_and_cached(tmp_path):
 
     from tapir_exp.skills.base import SkillsBaseInit
 
-    kw = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, facts=300, addition_table=1, steps=6,
-              batch_size=4, seq_len=64, warmup_steps=2)
+    kw = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, facts=300,
+              addition_table=1, steps=6, batch_size=4, seq_len=64, warmup_steps=2)
     a = SkillsBaseInit(cache_dir=str(tmp_path / "a"), **kw)
     path = a.build()
     weights = (path / "model.safetensors").read_bytes()
@@ -81,6 +81,11 @@ def test_base_is_built_once_deterministically_and_cached(tmp_path):
     assert (tmp_path / "student" / "model.safetensors").read_bytes() == weights
     # a changed key is another base
     assert SkillsBaseInit(cache_dir=str(tmp_path / "a"), **{**kw, "steps": 7}).path() != path
+    # the addition table is in the pre-training text: without it, the corpus is shorter by its pages (and a BOS each)
+    bare = SkillsBaseInit(cache_dir=str(tmp_path / "c"), **{**kw, "addition_table": 0}).build()
+    table = corpus.addition_table(1, 0)
+    assert log["characters"] - json.loads((bare / "pretrain.json").read_text())["characters"] == \
+        sum(len(p) + 1 for p in table)
     tok = AutoTokenizer.from_pretrained(tmp_path / "student")
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "student")
     assert model.config.num_hidden_layers == 1 and tok.apply_chat_template(
