@@ -22,8 +22,8 @@ from tapir_exp.files import stable_hash
 def _static() -> dict[str, Any]:
     packages = sorted(f"{d.metadata['Name'].lower()}=={d.version}" for d in metadata.distributions()
                       if d.metadata["Name"])
-    return {"cpu": cpu_model(), "cpu_flags": cpu_flags(), "cores": os.cpu_count(), "machine": platform.machine(), "system": platform.system(),
-            "python": platform.python_version(), "torch": _version("torch"),
+    return {"cpu": cpu_model(), "cpu_flags": cpu_flags(), "cores": os.cpu_count(), "machine": platform.machine(),
+            "system": platform.system(), "python": platform.python_version(), "torch": _version("torch"),
             "transformers": _version("transformers"), "packages": len(packages),
             "packages_hash": stable_hash(packages, 12)}
 

@@ -30,14 +30,16 @@ log = logging.getLogger(__name__)
 class SkillsBaseInit:
     def __init__(self, cache_dir: str | None = None, hidden_size: int = 128, intermediate_size: int = 352,
                  num_hidden_layers: int = 2, num_attention_heads: int = 4, max_position_embeddings: int = 512,
-                 facts: int = 60000, addition_table: int = 0, steps: int = 2000, batch_size: int = 32, seq_len: int = 256, lr: float = 3e-3,
-                 warmup_steps: int = 100, threads: int = 1, seed: int = 0, heldout_seed: int = 1234, heldout_per_cell: int = 10):
+                 facts: int = 60000, addition_table: int = 0, steps: int = 2000, batch_size: int = 32,
+                 seq_len: int = 256, lr: float = 3e-3, warmup_steps: int = 100, threads: int = 1, seed: int = 0,
+                 heldout_seed: int = 1234, heldout_per_cell: int = 10):
         self.cache_dir = Path(cache_dir or Path.home() / ".cache" / "tapir" / "models")
         self.arch = dict(hidden_size=hidden_size, intermediate_size=intermediate_size,
                          num_hidden_layers=num_hidden_layers, num_attention_heads=num_attention_heads,
                          max_position_embeddings=max_position_embeddings)
-        self.train = dict(facts=facts, addition_table=addition_table, steps=steps, batch_size=batch_size, seq_len=seq_len, lr=lr,
-                          warmup_steps=warmup_steps, threads=threads, seed=seed, heldout=[heldout_seed, heldout_per_cell])
+        self.train = dict(facts=facts, addition_table=addition_table, steps=steps, batch_size=batch_size,
+                          seq_len=seq_len, lr=lr, warmup_steps=warmup_steps, threads=threads, seed=seed,
+                          heldout=[heldout_seed, heldout_per_cell])
 
     # Bump when corpus.py or the pre-training loop changes what a given config builds: the cache key holds the
     # config, not the code.
