@@ -299,11 +299,14 @@ def main(argv: list[str] | None = None) -> None:
     write_tables(runs, out)
     pngs = plot(runs, out)
     skills_md, skills_pngs = skills_report(runs, out)
-    from tapir_exp.skills.compare import differences, differences_markdown  # paired differences from TAPIR
+    from tapir_exp.skills.compare import WARMUP, differences, differences_markdown
 
-    diff_md = differences_markdown(differences(runs))
-    if diff_md:
-        skills_md += ("\n" if skills_md else "") + diff_md
+    # paired differences: from full TAPIR (the pre-registered analysis), then from the warm-up student and
+    # from plain distillation on the whole pool (issue 19, item 3)
+    for reference in ("skills_tapir", WARMUP, "skills_plain_distill"):
+        diff_md = differences_markdown(differences(runs, reference), reference)
+        if diff_md:
+            skills_md += ("\n" if skills_md else "") + diff_md
     if skills_md:
         with open(out / "report.md", "a") as fh:
             fh.write("\n" + skills_md)

@@ -66,3 +66,42 @@ def test_differences_pair_seeds_and_items_per_family(tmp_path):
     assert "| skills/experiment=skills_no_balance | 8 | +0.750 [+0.260, +1.240] | -0.250 [-0.740, +0.240] | " \
            "+0.250 [-0.240, +0.740] |" in md
     assert f"| {WARMUP} | 8 |" in md
+
+
+def test_differences_from_the_warm_up_student_and_from_another_setting(tmp_path):
+    """Issue 19, item 3: every setting also against the warm-up student and against plain distillation (here
+    a generic setting stands in for it); the report prints the three tables."""
+    from tapir_exp.report import find_runs, load
+    from tapir_exp.report import main as report_main
+
+    root = tmp_path / "outputs" / "skills"
+    for seed, last in REF.items():
+        write_run(root, "experiment=skills_tapir", seed, last, warm={t: [0, 0] for t in last})
+    for seed, last in ABL.items():
+        write_run(root, "experiment=skills_plain_distill", seed, last)
+    runs = [load(r) for r in find_runs([str(root)])]
+    from_warm = differences(runs, WARMUP)
+    assert WARMUP not in from_warm  # the reference is not compared with itself
+    # TAPIR minus the warm-up (all wrong): the negation of the warm-up row of the test above
+    tapir = from_warm["skills/experiment=skills_tapir"]["all"]
+    assert tapir[0] == pytest.approx(0.5) and tapir[1:3] == (pytest.approx(0.12959, abs=1e-5),
+                                                              pytest.approx(0.87041, abs=1e-5))
+    # plain distillation minus the warm-up, seeds 1 and 2 only (seed 3 has no warm-up student):
+    # d = [1, 1, 1, 0, 1, 1, 0, 1], mean 0.75, var 1.5 / 7, sd 0.46291, se 0.16366, half-width 0.32078
+    plain = from_warm["skills/experiment=skills_plain_distill"]["all"]
+    assert plain[0] == pytest.approx(0.75) and plain[3] == 8
+    assert plain[1:3] == (pytest.approx(0.42922, abs=1e-5), pytest.approx(1.07078, abs=1e-5))
+    # TAPIR minus plain distillation: the negation of plain minus TAPIR (0.25 [-0.24, 0.74])
+    from_plain = differences(runs, "skills_plain_distill")
+    assert from_plain["skills/experiment=skills_tapir"]["all"][:3] == (
+        pytest.approx(-0.25), pytest.approx(-0.74), pytest.approx(0.24))
+    assert from_plain[WARMUP]["all"][0] == pytest.approx(-0.75)
+    assert differences(runs, "skills_no_such_setting") == {}
+    out = tmp_path / "report"
+    report_main([str(root), "--out", str(out)])
+    md = (out / "report.md").read_text()
+    for what in ("skills_tapir", "the warm-up student", "skills_plain_distill"):
+        assert f"## Skills world: difference from {what} (paired" in md
+    from_warm_md = md.split("difference from the warm-up student")[1].split("## ")[0]
+    row = next(x for x in from_warm_md.splitlines() if x.startswith("| skills/experiment=skills_plain_distill |"))
+    assert row.startswith("| skills/experiment=skills_plain_distill | 8 |") and row.endswith("| +0.750 [+0.429, +1.071] |")

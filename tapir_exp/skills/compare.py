@@ -1,10 +1,12 @@
 """Paired differences between skills-world settings (the pre-registered analysis of docs/skills_world.md).
 
-Every setting is compared with a reference (full TAPIR) on the same seeds and the same held-out items: for a
-seed s and an eval item i, d = correct(setting, s, i) - correct(reference, s, i) in {-1, 0, 1}. The reported
-difference is the mean of d over all (seed, item) pairs of a task family (or of all families), with the 95 %
-interval mean +- 1.96 * sd(d) / sqrt(n) (the paired normal interval; sd with n - 1). The warm-up student (round
-0 of the reference's runs) is compared the same way. Inputs are the runs' ``round_R/eval/skills_outputs.jsonl``.
+Every setting is compared with a reference on the same seeds and the same held-out items: for a seed s and an
+eval item i, d = correct(setting, s, i) - correct(reference, s, i) in {-1, 0, 1}. The reported difference is
+the mean of d over all (seed, item) pairs of a task family (or of all families), with the 95 % interval
+mean +- 1.96 * sd(d) / sqrt(n) (the paired normal interval; sd with n - 1). The warm-up student (round 0 of the
+TAPIR runs, which every setting of a seed shares) is a setting like the others. The pre-registered reference is
+full TAPIR; ``tapir-report`` also compares with the warm-up student and with plain distillation (issue 19, item 3).
+Inputs are the runs' ``round_R/eval/skills_outputs.jsonl``.
 """
 
 from __future__ import annotations
@@ -43,26 +45,40 @@ def _seed(run: dict[str, Any]) -> str:
     return m.group(1) if m else "default"
 
 
-def differences(runs: list[dict[str, Any]], reference: str = "skills_tapir") -> dict[str, dict[str, tuple]]:
-    """{setting: {task family or "all": (mean, low, high, n)}} of setting minus reference, paired on (seed,
-    item), last round of each run; plus the warm-up student (round 0 of the reference runs). Runs without
-    their per-item eval outputs (``skills_outputs.jsonl``) are left out."""
+def _matches(setting: str, experiment: str) -> bool:
+    return re.search(rf"(?:^|[/,])experiment={re.escape(experiment)}(?:,|$)", setting) is not None
+
+
+def outcomes_by_setting(runs: list[dict[str, Any]], warmup_from: str = "skills_tapir") -> dict[str, dict[str, dict]]:
+    """{setting: {seed: outcomes of the run's last round}}, plus WARMUP: round 0 of the ``warmup_from`` runs
+    (every setting of a seed starts from that student). Runs without their per-item eval outputs
+    (``skills_outputs.jsonl``) are left out."""
     def has(r: dict[str, Any], k: int) -> bool:
         return (Path(r["run"]) / f"round_{k}" / "eval" / "skills_outputs.jsonl").is_file()
 
-    runs = [r for r in runs if r["rounds"] and has(r, max(x["round"] for x in r["rounds"]))]
-    ref_runs = [r for r in runs if re.search(rf"(?:^|[/,])experiment={re.escape(reference)}(?:,|$)", r["setting"])]
-    if not ref_runs:
-        return {}
-    last = {r["run"]: max(x["round"] for x in r["rounds"]) for r in runs if r["rounds"]}
-    ref = {_seed(r): outcomes(r["run"], last[r["run"]]) for r in ref_runs if r["run"] in last}
-    compared: dict[str, dict[str, list]] = {}  # setting -> seed -> outcomes
+    by_setting: dict[str, dict[str, dict]] = {}
     for r in runs:
-        if r["run"] in last and r not in ref_runs:
-            compared.setdefault(r["setting"], {})[_seed(r)] = outcomes(r["run"], last[r["run"]])
-    compared[WARMUP] = {_seed(r): outcomes(r["run"], 0) for r in ref_runs if has(r, 0)}
+        if not r["rounds"]:
+            continue
+        last = max(x["round"] for x in r["rounds"])
+        if has(r, last):
+            by_setting.setdefault(r["setting"], {})[_seed(r)] = outcomes(r["run"], last)
+        if _matches(r["setting"], warmup_from) and has(r, 0):
+            by_setting.setdefault(WARMUP, {})[_seed(r)] = outcomes(r["run"], 0)
+    return by_setting
+
+
+def differences(runs: list[dict[str, Any]], reference: str = "skills_tapir") -> dict[str, dict[str, tuple]]:
+    """{setting: {task family or "all": (mean, low, high, n)}} of setting minus reference, paired on (seed,
+    item), last round of each run; the warm-up student (WARMUP, round 0 of the TAPIR runs) is a setting too.
+    ``reference`` is an experiment name (``skills_tapir``, ``skills_plain_distill``) or WARMUP."""
+    by_setting = outcomes_by_setting(runs)
+    refs = [s for s in by_setting if s == reference or (s != WARMUP and _matches(s, reference))]
+    if len(refs) != 1:
+        return {}  # no reference runs (or an ambiguous name): nothing to pair with
+    ref = by_setting.pop(refs[0])
     result: dict[str, dict[str, tuple]] = {}
-    for setting, by_seed in compared.items():
+    for setting, by_seed in by_setting.items():
         pairs: dict[str, tuple[list, list]] = defaultdict(lambda: ([], []))
         for seed, got in sorted(by_seed.items()):
             base = ref.get(seed)
@@ -72,7 +88,8 @@ def differences(runs: list[dict[str, Any]], reference: str = "skills_tapir") -> 
                 for group in (key[0], "all"):
                     pairs[group][0].append(got[key])
                     pairs[group][1].append(base[key])
-        result[setting] = {g: paired_difference(a, b) for g, (a, b) in sorted(pairs.items())}
+        if pairs:
+            result[setting] = {g: paired_difference(a, b) for g, (a, b) in sorted(pairs.items())}
     return result
 
 
@@ -80,9 +97,10 @@ def differences_markdown(diffs: dict[str, dict[str, tuple]], reference: str = "s
     if not diffs:
         return ""
     groups = sorted({g for d in diffs.values() for g in d if g != "all"}) + ["all"]
-    lines = [f"## Skills world: difference from {reference} (paired over seeds and eval items, 95 % interval)", "",
-             "Accuracy of the setting minus that of the reference on the same seeds and items; last round (the "
-             "warm-up row: round 0 of the reference runs).", "",
+    what = "the warm-up student" if reference == WARMUP else reference
+    lines = [f"## Skills world: difference from {what} (paired over seeds and eval items, 95 % interval)", "",
+             f"Accuracy of the setting minus that of {what} on the same seeds and items; last round (the "
+             "warm-up row: round 0 of the skills_tapir runs, the student every setting of a seed starts from).", "",
              "| setting | pairs | " + " | ".join(groups) + " |", "|" + "---|" * (len(groups) + 2)]
     for setting in sorted(diffs, key=lambda s: (s != WARMUP, s)):
         d = diffs[setting]
