@@ -3,9 +3,10 @@
 Every setting is compared with a reference on the same seeds and the same held-out items: for a seed s and an
 eval item i, d = correct(setting, s, i) - correct(reference, s, i) in {-1, 0, 1}. The reported difference is
 the mean of d over all (seed, item) pairs of a task family (or of all families), with the 95 % interval
-mean +- 1.96 * sd(d) / sqrt(n) (the paired normal interval; sd with n - 1). The warm-up student (round 0 of the
-TAPIR runs, which every setting of a seed shares) is a setting like the others. The pre-registered reference is
-full TAPIR; ``tapir-report`` also compares with the warm-up student and with plain distillation (issue 19, item 3).
+mean +- 1.96 * sd(d) / sqrt(n) (the paired normal interval; sd with n - 1). The warm-up student (round 0 of
+the TAPIR runs, which every setting of a seed shares) is a setting like the others. The pre-registered
+reference is full TAPIR; ``tapir-report`` also compares with the warm-up student and with plain distillation
+(issue 19, item 3).
 Inputs are the runs' ``round_R/eval/skills_outputs.jsonl``.
 """
 
@@ -49,7 +50,8 @@ def _matches(setting: str, experiment: str) -> bool:
     return re.search(rf"(?:^|[/,])experiment={re.escape(experiment)}(?:,|$)", setting) is not None
 
 
-def outcomes_by_setting(runs: list[dict[str, Any]], warmup_from: str = "skills_tapir") -> dict[str, dict[str, dict]]:
+def outcomes_by_setting(runs: list[dict[str, Any]],
+                        warmup_from: str = "skills_tapir") -> dict[str, dict[str, dict]]:
     """{setting: {seed: outcomes of the run's last round}}, plus WARMUP: round 0 of the ``warmup_from`` runs
     (every setting of a seed starts from that student). Runs without their per-item eval outputs
     (``skills_outputs.jsonl``) are left out."""
@@ -100,7 +102,8 @@ def differences_markdown(diffs: dict[str, dict[str, tuple]], reference: str = "s
     what = "the warm-up student" if reference == WARMUP else reference
     lines = [f"## Skills world: difference from {what} (paired over seeds and eval items, 95 % interval)", "",
              f"Accuracy of the setting minus that of {what} on the same seeds and items; last round (the "
-             "warm-up row: round 0 of the skills_tapir runs, the student every setting of a seed starts from).", "",
+             "warm-up row: round 0 of the skills_tapir runs, the student every setting of a seed starts "
+             "from).", "",
              "| setting | pairs | " + " | ".join(groups) + " |", "|" + "---|" * (len(groups) + 2)]
     for setting in sorted(diffs, key=lambda s: (s != WARMUP, s)):
         d = diffs[setting]
