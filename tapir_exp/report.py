@@ -299,12 +299,13 @@ def main(argv: list[str] | None = None) -> None:
     write_tables(runs, out)
     pngs = plot(runs, out)
     skills_md, skills_pngs = skills_report(runs, out)
-    from tapir_exp.skills.compare import WARMUP, differences, differences_markdown
+    from tapir_exp.skills.compare import WARMUP, differences, differences_markdown, outcomes_by_setting
 
     # paired differences: from full TAPIR (the pre-registered analysis), then from the warm-up student and
-    # from plain distillation on the whole pool (issue 19, item 3)
+    # from plain distillation on the whole pool (issue 19, item 3); the per-item outcomes are read once
+    outcomes = outcomes_by_setting(runs)
     for reference in ("skills_tapir", WARMUP, "skills_plain_distill"):
-        diff_md = differences_markdown(differences(runs, reference), reference)
+        diff_md = differences_markdown(differences(runs, reference, outcomes), reference)
         if diff_md:
             skills_md += ("\n" if skills_md else "") + diff_md
     if skills_md:

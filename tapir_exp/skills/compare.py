@@ -70,17 +70,22 @@ def outcomes_by_setting(runs: list[dict[str, Any]],
     return by_setting
 
 
-def differences(runs: list[dict[str, Any]], reference: str = "skills_tapir") -> dict[str, dict[str, tuple]]:
+def differences(runs: list[dict[str, Any]], reference: str = "skills_tapir",
+                by_setting: dict[str, dict[str, dict]] | None = None) -> dict[str, dict[str, tuple]]:
     """{setting: {task family or "all": (mean, low, high, n)}} of setting minus reference, paired on (seed,
     item), last round of each run; the warm-up student (WARMUP, round 0 of the TAPIR runs) is a setting too.
-    ``reference`` is an experiment name (``skills_tapir``, ``skills_plain_distill``) or WARMUP."""
-    by_setting = outcomes_by_setting(runs)
+    ``reference`` is an experiment name (``skills_tapir``, ``skills_plain_distill``) or WARMUP; ``by_setting``:
+    the runs' ``outcomes_by_setting``, when the caller compares with several references (read once)."""
+    if by_setting is None:
+        by_setting = outcomes_by_setting(runs)
     refs = [s for s in by_setting if s == reference or (s != WARMUP and _matches(s, reference))]
     if len(refs) != 1:
         return {}  # no reference runs (or an ambiguous name): nothing to pair with
-    ref = by_setting.pop(refs[0])
+    ref = by_setting[refs[0]]
     result: dict[str, dict[str, tuple]] = {}
     for setting, by_seed in by_setting.items():
+        if setting == refs[0]:
+            continue
         pairs: dict[str, tuple[list, list]] = defaultdict(lambda: ([], []))
         for seed, got in sorted(by_seed.items()):
             base = ref.get(seed)
