@@ -107,3 +107,63 @@ def test_a_shared_prompt_prefix_is_computed_once_and_changes_no_answer(backend, 
         for pa, pb in zip(a.top_logprobs, b.top_logprobs, strict=True):
             top = max(pb, key=pb.get)
             assert max(pa, key=pa.get) == top and abs(pa[top] - pb[top]) < 1e-4
+
+
+def test_keys_and_values_are_appended_in_place_and_change_no_answer(backend, monkeypatch):
+    """The local oracle's cache writes each generated token's keys and values into a buffer reserved at the
+    prompt's forward pass (no per-step copy of the whole cache); texts and log-probabilities are bitwise those
+    of transformers' own concatenating cache, with and without a shared prefix."""
+    import transformers
+
+    import tapir_exp.llm.kv_cache as kv_cache
+    import tapir_exp.llm.local as local
+
+    used: list = []
+
+    class Recorded(kv_cache.GrowingCache):
+        def __init__(self, reserve: int = 0) -> None:
+            super().__init__(reserve)
+            used.append(self)
+
+    rubric = " ".join(WORDS * 2)
+    reqs = [ChatRequest.of([{"role": "user", "content": f"{rubric} {' '.join(WORDS[i:i + 2 + 3 * i])}"}],
+                           id=f"judge/{i}", max_tokens=12, logprobs=True, top_logprobs=5) for i in range(4)]
+    monkeypatch.setattr(kv_cache, "GrowingCache", Recorded)
+    for min_shared in (local.MIN_SHARED_PREFIX, 10_000):
+        monkeypatch.setattr(local, "MIN_SHARED_PREFIX", min_shared)
+        used.clear()
+        in_place = backend._generate_all(reqs)
+        assert len(used) == 1 and len(used[0].layers) == 2
+        for layer in used[0].layers:  # one buffer for the batch (plus one at batch size 1 for a shared prefix)
+            assert layer.allocations == (2 if min_shared < 10_000 else 1)
+            assert layer.keys.data_ptr() == layer._buffers[0].data_ptr()
+            assert layer.get_seq_length() > 12  # the prompt and the generated tokens are all there
+        monkeypatch.setattr(kv_cache, "GrowingCache", lambda reserve=0: transformers.DynamicCache())
+        concatenated = backend._generate_all(reqs)
+        monkeypatch.setattr(kv_cache, "GrowingCache", Recorded)
+        assert [r.text for r in in_place] == [r.text for r in concatenated]
+        assert [r.top_logprobs for r in in_place] == [r.top_logprobs for r in concatenated]
+
+
+def test_the_growing_cache_layer_keeps_dynamic_semantics_through_crop_and_batch_selection():
+    """Crop, batch selection and appends past the reserve give the keys and values transformers' DynamicLayer
+    gives for the same calls."""
+    import torch
+    from transformers.cache_utils import DynamicLayer
+
+    from tapir_exp.llm.kv_cache import GrowingLayer
+
+    g = torch.Generator().manual_seed(0)
+    steps = [torch.randn(3, 2, n, 4, generator=g) for n in (5, 1, 1, 3, 1)]
+    grow, plain = GrowingLayer(reserve=2), DynamicLayer()
+    for i, kv in enumerate(steps):
+        if i == 2:
+            grow.crop(-2), plain.crop(-2)
+        if i == 4:
+            pick = torch.tensor([2, 0])
+            grow.batch_select_indices(pick), plain.batch_select_indices(pick)
+            kv = kv[:2]
+        k1, v1 = grow.update(kv, kv * 2)
+        k2, v2 = plain.update(kv, kv * 2)
+        assert torch.equal(k1, k2) and torch.equal(v1, v2)
+    assert grow.allocations == 3  # the first update, growth past the reserve, and after the batch selection

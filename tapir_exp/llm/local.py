@@ -16,6 +16,7 @@ reason in the run's failure log.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import os
 import threading
@@ -73,6 +74,9 @@ class LocalBackend(Backend):
             self._tok.pad_token = self._tok.eos_token
         self._model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, self.dtype)).to(self.device)
         self._model.eval()
+        # transformers 5 renamed the forward's past_key_values to cache (the old name is deprecated)
+        self._cache_arg = "cache" if "cache" in inspect.signature(self._model.forward).parameters \
+            else "past_key_values"
         self.load_seconds = round(time.perf_counter() - t0, 3)
         log.info("local oracle: %s loaded in %.1f s (%d torch threads, OpenMP wait policy %s)", path.name,
                  self.load_seconds, torch.get_num_threads(), os.environ.get("OMP_WAIT_POLICY", "default (spin)"))
@@ -157,6 +161,8 @@ class LocalBackend(Backend):
                   top_p: float, seed: int | None, logprobs: bool) -> list[ChatResult]:
         import torch
 
+        from tapir_exp.llm.kv_cache import GrowingCache
+
         tok, model = self._tok, self._model
         enc, shared = self._encode(fitted)
         max_new = max(int(r.max_tokens) for r in reqs)
@@ -172,15 +178,15 @@ class LocalBackend(Backend):
             if sampled:  # greedy over scores that leave only each row's own draw
                 processors.append(_RowSampler([int(r.seed or 0) for r in reqs], temperature, top_p,
                                               model.generation_config))
+        # keys and values appended in place, with room for every token generate may add (kv_cache.py)
+        cache = GrowingCache(reserve=max_new + 1)
         t0 = time.perf_counter()
         with torch.inference_mode():
             if shared:  # the shared prefix's keys and values, once, then a copy per row
-                out = model(input_ids=enc["input_ids"][:1, :shared], use_cache=True)
-                name, cache = ("cache", out.cache) if getattr(out, "cache", None) is not None \
-                    else ("past_key_values", out.past_key_values)
+                model(input_ids=enc["input_ids"][:1, :shared], use_cache=True, logits_to_keep=1,
+                      **{self._cache_arg: cache})
                 cache.batch_repeat_interleave(len(reqs))
-                kw[name] = cache
-            gen = model.generate(**enc, **kw, logits_processor=processors)
+            gen = model.generate(**enc, **kw, logits_processor=processors, **{self._cache_arg: cache})
         t_end = time.perf_counter()
         prompt_len = enc["input_ids"].shape[1]
         prof = self.profile[reqs[0].id.split("/")[0] or "?"]
