@@ -7,7 +7,8 @@ goes (prefill vs decode, per request kind).
 Each checkout runs in its own process with the default oracle config (oracle=local, cache off): the teacher
 answers the demo pool, then the MFD judge (format single, log-probability scoring) rates each answer
 against a copy cut to its first half, as the pipeline asks it; the expander samples 8 new instructions
-from the pool (one seed per request). ``--override`` changes this checkout's config only. Prints the wall time of each checkout, the
+from the pool (one seed per request); the refiner rewrites the answers, the items given each styled task in
+turn. ``--override`` changes this checkout's config only. Prints the wall time of each checkout, the
 ratio, the per-kind profile of this checkout (``LocalBackend.profile``), and every answer or rating that
 differs (texts must be identical; ratings are compared to 1e-4).
 """
@@ -70,6 +71,19 @@ expanded = expand.expand_hard_seeds(answered, answered, oracle, ratios=None, tot
                                     step="expand", **at(expand.expand_hard_seeds, 1))
 t_expand = time.perf_counter() - t0
 expanded = expanded[0] if isinstance(expanded, tuple) else expanded
+# The refiner rewrites the teacher's answers, the items given the styled tasks in turn (and every fifth no
+# style), so every style's requests meet in one step as they do in a round.
+import copy
+from tapir_exp.steps import refine
+styles = dict(cfg.steps.refine.styles or {})
+tasks = sorted(styles) + [None]
+to_refine = copy.deepcopy(answered)
+for i, ex in enumerate(to_refine):
+    ex.task = tasks[i % len(tasks)]
+t0 = time.perf_counter()
+refined, _ = refine.refine_responses(to_refine, oracle, styles=styles, default_style=None, step="refine",
+                                     **at(refine.refine_responses, 1))
+t_refine = time.perf_counter() - t0
 backend = oracle.backend_for("teacher")
 prof = {}
 if hasattr(backend, "profile"):  # this checkout (the profile is new)
@@ -78,8 +92,9 @@ if hasattr(backend, "profile"):  # this checkout (the profile is new)
 json.dump({"answers": {ex.id: ex.output for ex in answered},
            "mfd": {ex.id: ex.meta.get("mfd") for ex in judged},
            "expansions": [ex.prompt for ex in expanded],
+           "refined": {ex.id: ex.output for ex in refined},
            "seconds": {"load": getattr(backend, "load_seconds", None), "teacher": t_teacher, "judge": t_judge,
-                       "expand": t_expand},
+                       "expand": t_expand, "refine": t_refine},
            "profile": prof}, open(out, "w"), indent=1)
 oracle.close()
 '''
@@ -117,10 +132,9 @@ def main() -> None:
     for name, d in (("against", before), ("this checkout", after)):
         s = d["seconds"]
         print(f"{name:>14}: wall {d['wall']:.1f} s (model load {s['load'] or 0:.1f}, teacher {s['teacher']:.1f}, "
-              f"judge {s['judge']:.1f}, expand {s.get('expand', 0):.1f})")
-    print(f"this / against: teacher x{after['seconds']['teacher'] / before['seconds']['teacher']:.2f}, "
-          f"judge x{after['seconds']['judge'] / before['seconds']['judge']:.2f}, "
-          f"expand x{after['seconds']['expand'] / before['seconds']['expand']:.2f}")
+              f"judge {s['judge']:.1f}, expand {s.get('expand', 0):.1f}, refine {s.get('refine', 0):.1f})")
+    print("this / against: " + ", ".join(f"{k} x{after['seconds'][k] / before['seconds'][k]:.2f}"
+                                         for k in ("teacher", "judge", "expand", "refine")))
     print("profile of this checkout, per request kind:")
     for kind, p in after["profile"].items():
         print(f"  {kind:<10} {int(p['requests'])} requests in {int(p['batches'])} batches; prefill "
@@ -143,6 +157,11 @@ def main() -> None:
     for a, b in zip(before["expansions"], after["expansions"], strict=False):
         if a != b:
             print(f"    before: {a!r}\n    after:  {b!r}")
+    fdiffs = [k for k in before["refined"] if before["refined"][k] != after["refined"].get(k)]
+    print(f"refined answers (greedy; sampled on a parse retry, one seed each): "
+          f"{len(before['refined']) - len(fdiffs)} of {len(before['refined'])} identical")
+    for k in fdiffs:
+        print(f"  {k}:\n    before: {before['refined'][k]!r}\n    after:  {after['refined'].get(k)!r}")
 
 
 if __name__ == "__main__":

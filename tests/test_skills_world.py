@@ -159,10 +159,19 @@ def test_expansion_adds_items_of_the_seeds_task_and_difficulty(tmp_path, harder)
 
 def test_refinement_writes_worked_steps_ending_in_the_answer(tmp_path):
     o = skills_oracle(tmp_path)
+    calls: list[list[str]] = []
+    chat_many = o._chat_many
+
+    def recorded(role, requests, step, rnd):
+        calls.append([r.id for r in requests])
+        return chat_many(role, requests, step, rnd)
+
+    o._chat_many = recorded
     items = examples(3, tasks=("Math", "Code Generation"))
     out, counts = refine.refine_responses(items, o, styles={"Math": "stepwise", "Code Generation": "code"},
                                           default_style=None)
-    assert counts["refined"] == 6
+    assert counts["refined"] == 6 and counts["by_style"] == {"stepwise": 3, "code": 3}
+    assert len(calls) == 1 and len(calls[0]) == 6  # both styles in one call: they share the oracle's batches
     for ex in out:
         assert world.score_answer(ex.instruction, ex.output) == 10 and ex.output.count("\n") >= 1
     o.close()

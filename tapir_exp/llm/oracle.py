@@ -21,7 +21,7 @@ import random
 import sys
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -119,11 +119,11 @@ class Oracle:
 
     # ------------------------------------------------------------------ public batch API
     def chat_many(self, role: str, requests: list[ChatRequest], *, step: str, rnd: int,
-                  parser: Callable[[str], Any] | None = None,
+                  parser: Callable[[str], Any] | Sequence[Callable[[str], Any]] | None = None,
                   failure_budget: float | None = None) -> list[ChatResult]:
-        """Answers in request order; failures come back with ``.error`` set. With ``parser``, each
-        result's ``meta['parsed']`` holds ``parser(text)``; answers it rejects (ValueError or None) are
-        re-asked with a new seed (sampling) up to ``limits.parse_retries`` times."""
+        """Answers in request order; failures come back with ``.error`` set. With ``parser`` (one for all,
+        or one per request), each result's ``meta['parsed']`` holds ``parser(text)``; answers it rejects
+        (ValueError or None) are re-asked with a new seed (sampling) up to ``limits.parse_retries`` times."""
         if not requests:
             return []
         results = self._run(self._chat_many(role, list(requests), step, rnd))
@@ -219,6 +219,7 @@ class Oracle:
             os.replace(tmp, self.run_dir / "oracle_profile.json")
 
     def _parse_with_retries(self, role, requests, results, parser, step, rnd) -> list[ChatResult]:
+        parsers = list(parser) if isinstance(parser, Sequence) else [parser] * len(results)
         todo = list(range(len(results)))
         for attempt in range(self.parse_retries + 1):
             bad = []
@@ -227,7 +228,7 @@ class Oracle:
                 if not res.ok:
                     continue
                 try:
-                    parsed = parser(res.text)
+                    parsed = parsers[i](res.text)
                     if parsed is None:
                         raise ValueError("parser returned nothing")
                     res.meta["parsed"] = parsed
