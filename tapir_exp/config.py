@@ -47,7 +47,7 @@ NOT_NAMING_A_RUN = (
     "mode", "plan", "name", "logger", "hydra", "paths", "eval.model",
     "oracle.limits", "oracle.progress", "oracle.cache",
     "oracle.backends.*.api_key", "oracle.backends.*.organization", "oracle.backends.*.cache_dir",
-    "oracle.backends.*.batch_size", "oracle.backends.*.device",
+    "oracle.backends.*.batch_size", "oracle.backends.*.device", "student.init.cache_dir",
 )
 
 
@@ -68,6 +68,14 @@ def naming_items(prefix: str, node: dict[str, Any]) -> dict[str, Any]:
     """The items of the config mapping at ``prefix`` whose keys name a run: what a step's signature keeps of,
     e.g., an oracle backend (``names_run`` decides, so the signature and the run name follow one list)."""
     return {k: v for k, v in node.items() if names_run(f"{prefix}.{k}")}
+
+
+def naming_tree(prefix: str, node: Any) -> Any:
+    """:func:`naming_items` at every depth: the config subtree at ``prefix`` without the keys that do not
+    name a run (e.g. ``student.init.cache_dir``: where the base student is cached, not what it is)."""
+    if not isinstance(node, dict):
+        return node
+    return {k: naming_tree(f"{prefix}.{k}", v) for k, v in naming_items(prefix, node).items()}
 
 
 def _drop_unnamed_overrides(dirname: str) -> str:

@@ -27,7 +27,7 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from tapir_exp.config import naming_items, to_container
+from tapir_exp.config import naming_items, naming_tree, to_container
 from tapir_exp.data import load_pool
 from tapir_exp.distributed import launch_rank
 from tapir_exp.eval.suites import enabled_suites, evaluate_suites
@@ -35,7 +35,7 @@ from tapir_exp.export import export_round
 from tapir_exp.files import stable_hash
 from tapir_exp.records import Example, fresh, records_hash
 from tapir_exp.steps import balance, classify, curriculum, expand, judge, refine, respond
-from tapir_exp.store import RunStore, StepResult
+from tapir_exp.store import RunStore, StepResult, by_content
 from tapir_exp.summary import RunSummary, print_round
 
 log = logging.getLogger("tapir")
@@ -185,7 +185,7 @@ class Pipeline:
     def init_student(self, pool: list[Example]) -> StepResult:
         """The student before any training (``student.init``; its tokenizer may be fitted on the pool)."""
         s = self.cfg.student
-        config = {"init": to_container(s.init), "chat_template": s.get("chat_template")}
+        config = {"init": naming_tree("student.init", to_container(s.init)), "chat_template": s.get("chat_template")}
         corpus = [ex.prompt + "\n" + ex.output for ex in pool]
         inputs = {"corpus": stable_hash(corpus)}
         init = self.store.run_dir_step("init", 0, config, inputs, lambda tmp: self._init_student(tmp, corpus),
@@ -338,7 +338,8 @@ class Pipeline:
         job every rank must train)."""
         if epochs is None:  # a student may need its own number of passes (a random-init one needs many)
             epochs = self.cfg.student.get("max_epochs")
-        config = {"student": to_container(self.cfg.student), "trainer": to_container(self.cfg.trainer),
+        config = {"student": naming_tree("student", to_container(self.cfg.student)),
+                  "trainer": to_container(self.cfg.trainer),
                   "epochs": epochs, "seed": self.seed + r}
         inputs = {"init": self._hash_of(init_dir), "data": data.entry.artifact_hash}
         work_dir = self.store.round_dir(r) / "train_work"
@@ -350,7 +351,7 @@ class Pipeline:
             from tapir_exp.student.shared import shared_training
 
             fit = shared_training(Path(self.cfg.paths.cache_dir) / "students", f"round{r}",
-                                  {"config": config, "inputs": inputs}, fit)
+                                  {"config": by_content(config), "inputs": inputs}, fit)
         trained = self.store.run_dir_step("student", r, config, inputs, fit, collective=True)
         if not trained.reused:
             shutil.rmtree(work_dir, ignore_errors=True)  # mid-round checkpoints are no longer needed
@@ -467,7 +468,13 @@ class Pipeline:
         self.tracker.log_artifact(dataset.path, f"dataset_round_{r}", "dataset", step=r)
 
     def finish_round(self, r: int, t0: float) -> None:
-        self.summary.update(r, oracle=usage_for_round(self.oracle_usage(), r), wall_seconds=round(time.time() - t0, 1))
+        rec = self.summary.round(r)
+        # A round this process only reused keeps what the process that computed it recorded: its wall time
+        # (not the re-run's second) and its oracle usage (the oracle of a fully reused run is never built).
+        if r in self.store.computed_rounds or "wall_seconds" not in rec:
+            rec["wall_seconds"] = round(time.time() - t0, 1)
+        if self._oracle is not None or "oracle" not in rec:
+            rec["oracle"] = usage_for_round(self.oracle_usage(), r)
         self.summary.record_environment(r)
         self.summary.save()
         self.tracker.log_metrics(self.summary.flat_metrics(r), step=r)

@@ -63,6 +63,22 @@ class StepResult:
     reused: bool
 
 
+def by_content(config: Any) -> Any:
+    """``config`` with every absolute path of an existing file replaced by the file's content hash.
+
+    A step's signature then follows what a file holds, not where it is: a run directory moved or copied
+    elsewhere (another mount, another cluster), or a checkout whose packaged demo files sit elsewhere,
+    reuses its steps; a file edited in place is noticed. Directories stay as written (a step that reads one
+    names what it read through its inputs)."""
+    if isinstance(config, dict):
+        return {k: by_content(v) for k, v in config.items()}
+    if isinstance(config, list | tuple):
+        return [by_content(v) for v in config]
+    if isinstance(config, str) and os.path.isabs(config) and os.path.isfile(config):
+        return {"file_sha256": file_hash(config)}
+    return config
+
+
 class RunStore:
     """Artifacts and manifest of one run directory.
 
@@ -80,6 +96,8 @@ class RunStore:
         if not self.follower:  # a follower must not delete the leader's writes in progress
             self._clean_temporaries()
         self.entries: dict[str, StepEntry] = self._load_manifest()
+        # rounds with a step committed by this process (the others were all reused from earlier processes)
+        self.computed_rounds: set[int] = set()
 
     # ------------------------------------------------------------------ paths
     def round_dir(self, rnd: int) -> Path:
@@ -109,8 +127,9 @@ class RunStore:
                 p.unlink(missing_ok=True)
 
     def signature(self, step: str, config: Any, inputs: dict[str, str] | None = None) -> str:
-        """Hash of the step name, its config subtree and its input artifacts' hashes."""
-        return stable_hash({"step": step, "config": config, "inputs": inputs or {}})
+        """Hash of the step name, its config subtree (files named by their content: :func:`by_content`) and
+        its input artifacts' hashes."""
+        return stable_hash({"step": step, "config": by_content(config), "inputs": inputs or {}})
 
     def entry(self, step: str, rnd: int) -> StepEntry | None:
         return self.entries.get(f"{rnd}/{step}")
@@ -154,6 +173,7 @@ class RunStore:
                       artifact_hash=digest, counts=dict(counts or {}), seconds=round_seconds(seconds),
                       finished_at=time.time(), files=files)
         self.entries[e.key] = e
+        self.computed_rounds.add(rnd)
         self._save_manifest()
         return e
 

@@ -158,6 +158,7 @@ def test_rerun_of_a_finished_run_loads_nothing_and_recomputes_nothing(server, re
     comes from the store, so no model, trainer or oracle is built."""
     run_dir = reference_run["run_dir"]
     before = manifest_entries(run_dir)
+    recorded = round_records(run_dir)
     proc = subprocess.run([TAPIR[0], "-c", REPORTING_CLI, *fast_overrides(server.base_url), "logger=wandb"],
                           cwd=reference_run["root"], env=tapir_env(reference_run["root"]), capture_output=True,
                           text=True, timeout=600)
@@ -168,6 +169,15 @@ def test_rerun_of_a_finished_run_loads_nothing_and_recomputes_nothing(server, re
     assert {k for k in before if k.endswith("/eval")} == {"0/eval", "1/eval", "2/eval"}
     assert not (run_dir / "wandb").exists()
     assert "round 2" in proc.stdout  # the round tables are shown again, from the summary
+    # the summary keeps what the computing process recorded: not the re-run's second and empty oracle usage
+    assert round_records(run_dir) == recorded
+    assert all(rec["wall_seconds"] > 1 and rec["oracle"]["requests"] > 0 for rec in recorded.values()), recorded
+
+
+def round_records(run_dir: Path) -> dict[int, dict]:
+    """Each round's wall time and oracle usage as summary.json holds them."""
+    rounds = json.loads((run_dir / "summary.json").read_text())["rounds"]
+    return {r["round"]: {"wall_seconds": r.get("wall_seconds"), "oracle": r.get("oracle")} for r in rounds}
 
 
 def _kill_when(proc: subprocess.Popen, ready, timeout: float = 600) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import statistics
 from pathlib import Path
 
@@ -19,13 +20,29 @@ from tests.support_wandb import run_info, wait_for
 pytestmark = pytest.mark.slow
 
 
-def test_two_settings_two_seeds_report_and_wandb_groups(tmp_path):
-    proc = run_tapir(["--multirun", "experiment=skills_tapir", "logger=wandb_offline", "oracle.progress=false",
-                      "curriculum.rounds=1", "curriculum.size=16", "data.generator.n=40", "steps.warmup.size=16",
-                      "steps.warmup.epochs=1", "trainer.max_epochs=1", "steps.expand.per_round=4",
-                      "eval.skills.per_cell=1", "generation.max_new_tokens=4",
-                      "steps.refine.enabled=true,false", "seed=1,2", *SMALL_SKILLS_BASE], tmp_path, timeout=1800)
+GRID = ["--multirun", "experiment=skills_tapir", "logger=wandb_offline", "oracle.progress=false",
+        "curriculum.rounds=1", "curriculum.size=16", "data.generator.n=40", "steps.warmup.size=16",
+        "steps.warmup.epochs=1", "trainer.max_epochs=1", "steps.expand.per_round=4", "eval.skills.per_cell=1",
+        "generation.max_new_tokens=4", "steps.refine.enabled=true,false", "seed=1,2", *SMALL_SKILLS_BASE]
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory) -> Path:
+    """The root of a finished multirun: two settings x two seeds."""
+    root = tmp_path_factory.mktemp("grid")
+    proc = run_tapir(GRID, root, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return root
+
+
+def steps_of(run: Path) -> dict[str, tuple[str, float]]:
+    """``round/step`` -> (signature, when committed): a recomputed step changes both or the time."""
+    return {f"{e['round']}/{e['step']}": (e["signature"], e["finished_at"])
+            for e in json.loads((run / "manifest.json").read_text())["steps"]}
+
+
+def test_two_settings_two_seeds_report_and_wandb_groups(grid):
+    tmp_path = grid
     runs = sorted(p.parent for p in (tmp_path / "outputs/skills").glob("*/summary.json"))
     assert len(runs) == 4
     summaries = {r: json.loads((r / "summary.json").read_text()) for r in runs}
@@ -76,3 +93,18 @@ def test_two_settings_two_seeds_report_and_wandb_groups(tmp_path):
     # seeds of one setting share a job_type, the two settings have different ones
     assert all(len(v) == 1 for v in by_setting.values()) and len(set.union(*by_setting.values())) == 2
     assert Path(out / "report.md").read_text().count("\n| skills/") >= 2
+
+
+def test_a_grid_moved_to_another_directory_recomputes_nothing(grid, tmp_path):
+    """Copied elsewhere (another mount, another cluster), the grid runs again without recomputing a step or
+    training a warm-up: no signature holds the root's path (the base student's cache directory and the
+    packaged files are not part of any)."""
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(grid / "outputs", moved / "outputs", symlinks=True)
+    runs = sorted(p.parent for p in (moved / "outputs/skills").glob("*/summary.json"))
+    assert len(runs) == 4
+    before = {r: steps_of(r) for r in runs}
+    proc = run_tapir(GRID, moved, timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert {r: steps_of(r) for r in runs} == before
+    assert sorted(p.parent for p in (moved / "outputs/skills").glob("*/summary.json")) == runs  # no new run

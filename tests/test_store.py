@@ -184,3 +184,29 @@ def test_digests_stay_those_that_existing_run_directories_recorded(tmp_path):
     pool = [Example(id="1", instruction="Add 2 and 3.", output="5", task="Math"),
             Example(id="2", instruction="Say hi", output="hi")]
     assert records_hash(pool) == stable_hash([ex.to_dict() for ex in pool]) == "2e9f68c888b2250d"
+
+
+def test_a_signature_names_files_by_content_and_student_caches_not_at_all(tmp_path):
+    """A run moved to another directory keeps its signatures: an eval file under the project is named by
+    what it holds (so an edit in place is noticed), and where the base student is cached names nothing."""
+    from tapir_exp.config import naming_tree
+
+    def eval_config(root: Path) -> dict:
+        return {"alpaca_eval": {"path": str(root / "eval.json"), "max_items": None}, "out": str(root)}
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    for root in (a, b):
+        root.mkdir()
+        (root / "eval.json").write_text('[{"instruction": "Say hi."}]')
+    s = RunStore(tmp_path / "run")
+    # a directory stays as written (the step names what it reads through its inputs)
+    assert s.signature("eval", eval_config(a)) != s.signature("eval", eval_config(b))
+    same_dir = {**eval_config(b), "out": str(a)}
+    assert s.signature("eval", eval_config(a)) == s.signature("eval", same_dir)
+    (b / "eval.json").write_text('[{"instruction": "Say bye."}]')
+    assert s.signature("eval", eval_config(a)) != s.signature("eval", {**eval_config(b), "out": str(a)})
+
+    student = {"init": {"_target_": "Base", "facts": 400, "cache_dir": str(a)}, "max_epochs": 3}
+    moved = {**student, "init": {**student["init"], "cache_dir": str(b)}}
+    assert naming_tree("student", moved) == naming_tree("student", student) == {
+        "init": {"_target_": "Base", "facts": 400}, "max_epochs": 3}
