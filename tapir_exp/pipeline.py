@@ -35,7 +35,7 @@ from tapir_exp.export import export_round
 from tapir_exp.files import stable_hash
 from tapir_exp.records import Example, fresh, records_hash
 from tapir_exp.steps import balance, classify, curriculum, expand, judge, refine, respond
-from tapir_exp.store import RunStore, StepResult, by_content
+from tapir_exp.store import RunStore, StepResult
 from tapir_exp.summary import RunSummary, print_round
 
 log = logging.getLogger("tapir")
@@ -351,7 +351,7 @@ class Pipeline:
             from tapir_exp.student.shared import shared_training
 
             fit = shared_training(Path(self.cfg.paths.cache_dir) / "students", f"round{r}",
-                                  {"config": by_content(config), "inputs": inputs}, fit)
+                                  {"signature": self.store.signature("student", config, inputs)}, fit)
         trained = self.store.run_dir_step("student", r, config, inputs, fit, collective=True)
         if not trained.reused:
             shutil.rmtree(work_dir, ignore_errors=True)  # mid-round checkpoints are no longer needed

@@ -33,7 +33,7 @@ class GrowingLayer(DynamicLayer):
             self.lazy_initialization(key_states, value_states)
         held = self.get_seq_length()
         total = held + key_states.shape[-2]
-        if not self._fits(key_states, total):
+        if not self._fits(key_states, held, total):
             room = max(total + self.reserve, 2 * held)
             keys = key_states.new_empty(*key_states.shape[:-2], room, key_states.shape[-1])
             values = value_states.new_empty(*value_states.shape[:-2], room, value_states.shape[-1])
@@ -48,14 +48,14 @@ class GrowingLayer(DynamicLayer):
         self.keys, self.values = keys[..., :total, :], values[..., :total, :]
         return self.keys, self.values
 
-    def _fits(self, key_states: torch.Tensor, total: int) -> bool:
+    def _fits(self, key_states: torch.Tensor, held: int, total: int) -> bool:
         """The buffer exists, has room, has this batch's shape and still backs ``self.keys`` (crop keeps it;
         batch_repeat_interleave, batch_select_indices and reorder_cache replace the keys with new tensors)."""
         if self._buffers is None:
             return False
         keys = self._buffers[0]
         return (keys.shape[-2] >= total and keys.shape[:-2] == key_states.shape[:-2]
-                and (self.get_seq_length() == 0 or self.keys.data_ptr() == keys.data_ptr()))
+                and (held == 0 or self.keys.data_ptr() == keys.data_ptr()))
 
 
 class GrowingCache(DynamicCache):
