@@ -5,7 +5,9 @@ setting: the comparison table of the last round (Markdown ``report.md`` and ``re
 setting with each metric's mean over seeds and its 95 % interval (Student t, mean +- t * sd / sqrt(n)); the
 PNG plots per round (eval metrics, mean MFD and hard fraction, train loss) show the seed means with those
 intervals as error bars. Every run on its own is in ``runs.csv``. Skills-world runs (``experiment=skills_*``) also get exact-match accuracy per task per round with 95 %
-intervals, pooled over the seeds of each setting, and MFD's hard fraction per task over rounds.
+intervals, pooled over the seeds of each setting, and MFD's hard fraction per task over rounds; their paired
+differences from full TAPIR, the warm-up student and plain distillation; and the warm-up student against issue
+19's target, per seed and pooled.
 """
 
 from __future__ import annotations
@@ -299,7 +301,14 @@ def main(argv: list[str] | None = None) -> None:
     write_tables(runs, out)
     pngs = plot(runs, out)
     skills_md, skills_pngs = skills_report(runs, out)
-    from tapir_exp.skills.compare import WARMUP, differences, differences_markdown, outcomes_by_setting
+    from tapir_exp.skills.compare import (
+        WARMUP,
+        differences,
+        differences_markdown,
+        outcomes_by_setting,
+        warmup_target,
+        warmup_target_markdown,
+    )
 
     # paired differences: from full TAPIR (the pre-registered analysis), then from the warm-up student and
     # from plain distillation on the whole pool (issue 19, item 3); the per-item outcomes are read once
@@ -308,6 +317,10 @@ def main(argv: list[str] | None = None) -> None:
         diff_md = differences_markdown(differences(runs, reference, outcomes), reference)
         if diff_md:
             skills_md += ("\n" if skills_md else "") + diff_md
+    # the warm-up student against issue 19's item 2 (the check its "Checked by" names), per seed and pooled
+    target_md = warmup_target_markdown(warmup_target(outcomes))
+    if target_md:
+        skills_md += ("\n" if skills_md else "") + target_md
     if skills_md:
         with open(out / "report.md", "a") as fh:
             fh.write("\n" + skills_md)

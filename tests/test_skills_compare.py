@@ -106,3 +106,39 @@ def test_differences_from_the_warm_up_student_and_from_another_setting(tmp_path)
     plain_row = "| skills/experiment=skills_plain_distill |"
     row = next(x for x in from_warm_md.splitlines() if x.startswith(plain_row))
     assert row.startswith(plain_row + " 8 |") and row.endswith("| +0.750 [+0.429, +1.071] |")
+
+
+def test_warm_up_against_item_2s_target_per_seed_and_pooled(tmp_path):
+    """Issue 19, item 2's check in the report: the warm-up student (round 0 of the TAPIR runs) per seed and pooled,
+    overall and every family at difficulties 1 and 3 (2 is not part of the target), intervals by hand."""
+    from tapir_exp.report import main as report_main
+
+    root = tmp_path / "outputs" / "skills"
+    warm = {1: {("Math", 1): [0] * 80, ("Math", 3): [1, 1], ("Others", 2): [1, 1]},
+            2: {("Math", 1): [1, 0], ("Math", 3): [0, 1], ("Others", 2): [1, 1], ("Reasoning", 1): [1] + [0] * 19},
+            3: {("Others", 2): [1] * 10}}
+    for seed, cells in warm.items():
+        write_run(root, "experiment=skills_tapir", seed, {"Math": [1]}, warm={"Math": [0]})
+        rows = [{"task": t, "difficulty": d, "instruction": f"{t} d{d} item {i}", "answer": "x", "output": "x",
+                 "correct": bool(ok)} for (t, d), oks in cells.items() for i, ok in enumerate(oks)]
+        path = root / f"experiment=skills_tapir,seed={seed}" / "round_0" / "eval" / "skills_outputs.jsonl"
+        path.write_text("".join(json.dumps(x) + "\n" for x in rows))
+    # a setting's last round is not the warm-up student: it must not enter the table
+    write_run(root, "experiment=skills_no_balance", 1, {"Math": [1] * 50})
+    out = tmp_path / "report"
+    report_main([str(root), "--out", str(out)])
+    md = (out / "report.md").read_text().split("against issue 19's target (item 2)")[1]
+    # Wilson by hand: 0/80 -> [0, z^2 / (80 + z^2)] = [0, 0.0458]; 1/2 -> 0.5 +- 1.96 * 0.60424 / 2.9208 = 0.405;
+    # pooled 1/82 -> centre 0.0340, half 0.0319 -> [0.002, 0.066], which still reaches "> 5 %"
+    assert "| Math d1 | > 5 % | 0.000 [0.000, 0.046] ✗ | 0.500 [0.095, 0.905] |  | 0.012 [0.002, 0.066] ✗ |" in md
+    # 2/2 misses "< 90 %" but its interval [0.342, 1] reaches it; pooled 3/4 meets it
+    assert "| Math d3 | < 90 % | 1.000 [0.342, 1.000] ✗ | 0.500 [0.095, 0.905] |  | 0.750 [0.301, 0.954] |" in md
+    # one of 20 is 0.05, which is not above 5 %; its interval [0.009, 0.236] reaches it. Seed 1 has no such cell
+    assert "| Reasoning d1 | > 5 % |  | 0.050 [0.009, 0.236] ✗ |  | 0.050 [0.009, 0.236] ✗ |" in md
+    # overall: seed 1 4/84 = 0.048 (interval up to 0.116: misses 25-60 % whole), seed 2 5/26, seed 3 10/10 (above
+    # 60 %, from 0.722: whole), pooled 19/120 (centre 0.1689, half 0.0652)
+    assert ("| overall | 25–60 % | 0.048 [0.019, 0.116] ✗ | 0.192 [0.085, 0.379] ✗ | 1.000 [0.722, 1.000] ✗ | "
+            "0.158 [0.104, 0.234] ✗ |") in md
+    assert "Others" not in md  # difficulty 2 only
+    assert "- per seed: 6 of 8 cells miss the target by their point estimate, 3 by their whole interval." in md
+    assert "- pooled: 3 of 4 cells miss the target by their point estimate, 1 by their whole interval." in md

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from tapir_exp.errors import DataError
-from tapir_exp.stats import paired_difference
+from tapir_exp.stats import paired_difference, wilson
 
 WARMUP = "warm-up (round 0)"
 
@@ -114,4 +114,77 @@ def differences_markdown(diffs: dict[str, dict[str, tuple]], reference: str = "s
         d = diffs[setting]
         cells = [f"{d[g][0]:+.3f} [{d[g][1]:+.3f}, {d[g][2]:+.3f}]" if g in d else "" for g in groups]
         lines.append(f"| {setting} | {d['all'][3] if 'all' in d else 0} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# Issue 19, item 2 ("a student with room to move"), as pre-registered in docs/skills_world.md: after the
+# warm-up, overall accuracy in [25 %, 60 %], every family above 5 % at difficulty 1 and below 90 % at 3.
+OVERALL_RANGE = (0.25, 0.60)
+D1_ABOVE, D3_BELOW = 0.05, 0.90
+
+
+def _target(cell: str) -> tuple[str, Any, Any]:
+    """Item 2's target for a cell ("overall", "<family> d1" or "<family> d3"): its text, whether a proportion
+    meets it, and whether an interval (low, high) reaches it."""
+    if cell == "overall":
+        lo, hi = OVERALL_RANGE
+        return f"{lo * 100:.0f}–{hi * 100:.0f} %", lambda p: lo <= p <= hi, lambda a, b: b >= lo and a <= hi
+    if cell.endswith(" d1"):
+        return f"> {D1_ABOVE * 100:.0f} %", lambda p: p > D1_ABOVE, lambda a, b: b > D1_ABOVE
+    return f"< {D3_BELOW * 100:.0f} %", lambda p: p < D3_BELOW, lambda a, b: a < D3_BELOW
+
+
+def warmup_target(by_setting: dict[str, dict[str, dict]]) -> dict[str, dict[str, tuple[int, int]]]:
+    """{cell: {seed or "pooled": (correct, answered)}} of the warm-up student (WARMUP of ``outcomes_by_setting``)
+    for item 2's cells: overall, and every family at difficulties 1 and 3."""
+    by_seed = by_setting.get(WARMUP, {})
+    table: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0]))
+    for seed, got in by_seed.items():
+        for (task, difficulty, _), ok in got.items():
+            cells = ["overall"] + ([f"{task} d{difficulty}"] if difficulty in (1, 3) else [])
+            for cell in cells:
+                for column in (seed, "pooled"):
+                    table[cell][column][0] += ok
+                    table[cell][column][1] += 1
+    return {cell: {col: (k, n) for col, (k, n) in cols.items()} for cell, cols in table.items()}
+
+
+def warmup_target_markdown(table: dict[str, dict[str, tuple[int, int]]]) -> str:
+    """The warm-up student against item 2's target, per seed and pooled, with 95 % Wilson intervals. A cell
+    whose point estimate misses the target is marked ✗; the lines below count those, and those whose whole interval misses it too (a
+    per-seed cell holds few answers: one of 20 is 0.05 with an interval up to 0.24)."""
+    if not table:
+        return ""
+    seeds = sorted({c for cols in table.values() for c in cols if c != "pooled"},
+                   key=lambda s: (not s.lstrip("-").isdigit(), int(s) if s.lstrip("-").isdigit() else 0, s))
+    columns = seeds + ["pooled"]
+    cells = ["overall"] + sorted(c for c in table if c != "overall")
+    lines = ["## Skills world: the warm-up student against issue 19's target (item 2)", "",
+             "Round 0 of the skills_tapir runs (the student every setting of a seed starts from): exact-match "
+             "accuracy and its 95 % Wilson interval, per seed and pooled over the seeds; ✗: the point estimate "
+             "misses the target.", "",
+             "| cell | target | " + " | ".join(f"seed {c}" if c != "pooled" else "pooled" for c in columns) + " |",
+             "|" + "---|" * (len(columns) + 2)]
+    missed = {"seed": [0, 0, 0], "pooled": [0, 0, 0]}  # cells, point estimate misses, interval misses too
+    for cell in cells:
+        text, inside, reaches = _target(cell)
+        row = []
+        for col in columns:
+            if col not in table[cell]:
+                row.append("")
+                continue
+            k, n = table[cell][col]
+            lo, hi = wilson(k, n)
+            ok = inside(k / n)
+            tally = missed["pooled" if col == "pooled" else "seed"]
+            tally[0] += 1
+            if not ok:
+                tally[1] += 1
+                tally[2] += not reaches(lo, hi)
+            row.append(f"{k / n:.3f} [{lo:.3f}, {hi:.3f}]" + ("" if ok else " ✗"))
+        lines.append(f"| {cell} | {text} | " + " | ".join(row) + " |")
+    lines.append("")
+    for what, (total, point, interval) in (("per seed", missed["seed"]), ("pooled", missed["pooled"])):
+        lines.append(f"- {what}: {point} of {total} cells miss the target by their point estimate, "
+                     f"{interval} by their whole interval.")
     return "\n".join(lines) + "\n"
