@@ -17,7 +17,9 @@ log = logging.getLogger("tapir")
 def setup_run_dir(cfg: DictConfig) -> Path:
     run_dir = Path(cfg.paths.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.yaml")
+    # `mode` does not name a run, so a plan or a standalone eval of a run lands in the run's directory: its
+    # snapshot goes beside the run's (config.plan.yaml), never over the config the run's outputs came from
+    save_config(cfg, run_dir / ("config.yaml" if cfg.mode == "run" else f"config.{cfg.mode}.yaml"))
     redact_hydra_outputs(run_dir)
     return run_dir
 

@@ -142,8 +142,8 @@ def test_hydra_run_dir_is_the_run_directory(tmp_path):
     x = tmp_path / "elsewhere"
     r = tapir(["mode=plan", "logger=none", f"hydra.run.dir={x}"], tmp_path)
     assert r.returncode == 0, r.stderr
-    assert {p.name for p in x.iterdir()} >= {".hydra", "tapir.log", "plan.json", "config.yaml"}
-    assert OmegaConf.load(x / "config.yaml").paths.run_dir == str(x)
+    assert {p.name for p in x.iterdir()} >= {".hydra", "tapir.log", "plan.json", "config.plan.yaml"}
+    assert OmegaConf.load(x / "config.plan.yaml").paths.run_dir == str(x)
     assert not (tmp_path / "outputs").exists()
     r = tapir(["mode=plan", "logger=none", f"hydra.run.dir={x}", f"paths.run_dir={tmp_path}/other"], tmp_path)
     assert r.returncode == 2 and r.stderr.strip().startswith("tapir: error: config 'paths.run_dir': got ")
@@ -152,9 +152,22 @@ def test_hydra_run_dir_is_the_run_directory(tmp_path):
     y = tmp_path / "sweep"
     r = tapir(["-m", "mode=plan", "logger=none", f"hydra.sweep.dir={y}", "seed=3"], tmp_path)
     assert r.returncode == 0, r.stderr
-    assert {p.name for p in (y / "seed=3").iterdir()} >= {".hydra", "tapir.log", "plan.json", "config.yaml"}
-    assert OmegaConf.load(y / "seed=3" / "config.yaml").paths.run_dir == str(y / "seed=3")
+    assert {p.name for p in (y / "seed=3").iterdir()} >= {".hydra", "tapir.log", "plan.json", "config.plan.yaml"}
+    assert OmegaConf.load(y / "seed=3" / "config.plan.yaml").paths.run_dir == str(y / "seed=3")
     assert not (tmp_path / "outputs").exists()
+
+
+def test_a_plan_in_a_runs_directory_keeps_the_runs_config(tmp_path):
+    """`mode` does not name a run, so `tapir mode=plan` after `tapir` plans in the run's own directory. The
+    snapshot the run's outputs came from (config.yaml) must survive it; the plan's goes beside it."""
+    x = tmp_path / "run"
+    x.mkdir()
+    run_snapshot = "mode: run\nseed: 0\n# the run's own snapshot\n"
+    (x / "config.yaml").write_text(run_snapshot)
+    r = tapir(["mode=plan", "logger=none", f"hydra.run.dir={x}"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert (x / "config.yaml").read_text() == run_snapshot
+    assert OmegaConf.load(x / "config.plan.yaml").mode == "plan"
 
 
 # --------------------------------------------------------------------------- in-process: the table itself

@@ -45,9 +45,9 @@ def only_dir(root: Path, name: str) -> Path:
 
 
 def stats(root: Path) -> dict[str, tuple[int, int]]:
-    """Size and mtime of every file under ``root`` but the ones any command writes (config, Hydra, log)."""
+    """Size and mtime of every file under ``root`` but the ones any command writes (Hydra's, the log)."""
     return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*")
-            if p.is_file() and p.name not in ("config.yaml", "tapir.log") and ".hydra" not in p.parts}
+            if p.is_file() and p.name != "tapir.log" and ".hydra" not in p.parts}
 
 
 @pytest.mark.slow
@@ -80,9 +80,11 @@ def test_plan_asks_what_the_run_asks(tmp_path):
     assert plan_asks == run_asks
     # the plan's hard counts follow the fractions it was given, as the run's did
     assert doc["assumptions"]["hard_by_round"] == {str(r["round"]): r["hard_count"] for r in rounds if r["round"] >= 1}
-    # nothing of the run's store, ledger or oracle cache changed: the plan wrote only its table
+    # nothing of the run's store, ledger, oracle cache or config snapshot changed: the plan wrote only its table
+    # and its own snapshot beside the run's
     after = stats(tmp_path)
-    assert set(after) - set(before) == {str((run_dir / n).relative_to(tmp_path)) for n in ("plan.json", "plan.csv")}
+    assert set(after) - set(before) == {str((run_dir / n).relative_to(tmp_path))
+                                        for n in ("plan.json", "plan.csv", "config.plan.yaml")}
     assert {k: v for k, v in after.items() if k in before} == before
 
 
