@@ -49,6 +49,22 @@ def role_signature(oracle_cfg: DictConfig, role: str) -> dict[str, Any]:
     return {"role": role_cfg, "backend": backend}
 
 
+def training_signature(cfg: DictConfig, epochs: int | None, seed: int) -> dict[str, Any]:
+    """What of the config decides a round's training: the student and trainer configs with the number of passes
+    the fit actually makes (``epochs``, else the student's, else ``trainer.max_epochs``) in place of the
+    epoch keys it overrides. A warm-up with its own epochs (``steps.warmup.epochs``) therefore keeps its
+    signature, and its shared student (``steps.warmup.share``), when only the rounds' epochs change."""
+    student = naming_tree("student", to_container(cfg.student))
+    trainer = to_container(cfg.trainer)
+    if epochs is None:
+        epochs = student.get("max_epochs")
+    if epochs is None:
+        epochs = trainer.get("max_epochs")
+    student.pop("max_epochs", None)
+    trainer.pop("max_epochs", None)
+    return {"student": student, "trainer": trainer, "epochs": epochs, "seed": seed}
+
+
 class Pipeline:
     def __init__(self, cfg: DictConfig, run_dir: Path, tracker: Any, rank: int | None = None):
         self.cfg, self.run_dir, self.tracker = cfg, Path(run_dir), tracker
@@ -338,9 +354,7 @@ class Pipeline:
         job every rank must train)."""
         if epochs is None:  # a student may need its own number of passes (a random-init one needs many)
             epochs = self.cfg.student.get("max_epochs")
-        config = {"student": naming_tree("student", to_container(self.cfg.student)),
-                  "trainer": to_container(self.cfg.trainer),
-                  "epochs": epochs, "seed": self.seed + r}
+        config = training_signature(self.cfg, epochs, self.seed + r)
         inputs = {"init": self._hash_of(init_dir), "data": data.entry.artifact_hash}
         work_dir = self.store.round_dir(r) / "train_work"
 

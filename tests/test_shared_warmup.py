@@ -62,3 +62,39 @@ def test_a_plan_never_stores_its_placeholder_student_in_the_shared_cache(tmp_pat
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "plan" in proc.stdout.lower()
     assert not (tmp_path / "outputs/.cache/students").exists()  # the dry run "trained" a warm-up with share on
+
+
+def _composed(overrides: list[str]):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    import tapir_exp.config  # noqa: F401 - registers the tapir_* resolvers
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(Path(__file__).resolve().parents[1] / "conf"), version_base="1.3"):
+        cfg = compose("tapir", overrides=overrides, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+def test_the_warm_up_signature_holds_its_own_epochs_not_the_rounds():
+    """A warm-up with its own number of passes (steps.warmup.epochs) is the same training whatever the rounds'
+    trainer.max_epochs, so changing the rounds' epochs must not retrain (nor miss the shared) warm-up."""
+    from tapir_exp.pipeline import training_signature
+
+    def warm_up(*extra: str) -> dict:
+        cfg = _composed(["experiment=skills_tapir", *extra])
+        return training_signature(cfg, cfg.steps.warmup.epochs, 1)
+
+    def a_round(*extra: str) -> dict:
+        return training_signature(_composed(["experiment=skills_tapir", *extra]), None, 2)
+
+    assert warm_up()["epochs"] == 12 and a_round()["epochs"] == 3
+    assert warm_up("trainer.max_epochs=5") == warm_up()
+    assert warm_up("steps.warmup.epochs=7") != warm_up()
+    assert warm_up("trainer.lr=1e-3") != warm_up()
+    # the rounds train trainer.max_epochs passes, or the student's own when it sets one
+    assert a_round("trainer.max_epochs=5")["epochs"] == 5 and a_round("trainer.max_epochs=5") != a_round()
+    assert a_round("+student.max_epochs=4")["epochs"] == 4
+    assert a_round("+student.max_epochs=4", "trainer.max_epochs=5") == a_round("+student.max_epochs=4")
