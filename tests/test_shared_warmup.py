@@ -98,3 +98,63 @@ def test_the_warm_up_signature_holds_its_own_epochs_not_the_rounds():
     assert a_round("trainer.max_epochs=5")["epochs"] == 5 and a_round("trainer.max_epochs=5") != a_round()
     assert a_round("+student.max_epochs=4")["epochs"] == 4
     assert a_round("+student.max_epochs=4", "trainer.max_epochs=5") == a_round("+student.max_epochs=4")
+
+
+_RUN = """
+import json, logging, sys, time
+from pathlib import Path
+from tapir_exp.student.shared import shared_training
+
+logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
+cache, out, marks = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
+
+def fit(d):
+    (marks / f"training-{out.name}").touch()
+    while not (marks / "release").exists():  # the test decides when the first training ends
+        time.sleep(0.05)
+    (d / "model.safetensors").write_bytes(b"weights of " + out.name.encode())
+    return {"steps": 3}
+
+out.mkdir()
+print(json.dumps(shared_training(cache, "round0", {"config": {"seed": 1}, "inputs": {}}, fit)(out)))
+"""
+
+
+def test_runs_started_together_train_the_shared_student_once(tmp_path):
+    """Two processes with the same key at the same time: the second waits for the first's training and links
+    its student instead of training a second time (a launcher's parallel jobs of one seed)."""
+    import subprocess
+    import sys
+    import time
+
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    script = tmp_path / "run.py"
+    script.write_text(_RUN)
+
+    def start(name: str) -> tuple[subprocess.Popen, Path]:
+        err = tmp_path / f"{name}.err"
+        proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / "students"), str(tmp_path / name),
+                                 str(marks)], stdout=subprocess.PIPE, stderr=err.open("w"), text=True)
+        return proc, err
+
+    def wait_for(what, seconds: float = 120) -> None:
+        end = time.monotonic() + seconds
+        while not what():
+            assert time.monotonic() < end, "timed out"
+            time.sleep(0.05)
+
+    first, _ = start("run1")
+    wait_for(lambda: (marks / "training-run1").exists())
+    second, second_err = start("run2")
+    # the second either waits for the lock (right) or starts training itself (the bug this test is about)
+    wait_for(lambda: "waiting for another run" in second_err.read_text() or (marks / "training-run2").exists())
+    assert not (marks / "training-run2").exists(), "the second run trained while the first was training"
+    (marks / "release").touch()
+    out1, _ = first.communicate(timeout=120)
+    out2, _ = second.communicate(timeout=120)
+    assert first.returncode == second.returncode == 0, second_err.read_text()
+    counts1, counts2 = json.loads(out1), json.loads(out2)
+    assert counts2["shared_from"] == counts1["shared_to"] and counts2["steps"] == 3
+    assert not (marks / "training-run2").exists()
+    assert (tmp_path / "run2" / "model.safetensors").read_bytes() == b"weights of run1"

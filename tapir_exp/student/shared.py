@@ -9,7 +9,9 @@ The cache is content-addressed, like the oracle's: the key is the training step'
 and trainer config, epochs, seed, the content hashes of the initial weights and of the data) plus what else
 decides the floats on a CPU (the torch version and its number of threads). A cache hit links the stored
 checkpoint into the run (hard links) and returns the counts the training recorded (losses, steps, tokens), so
-the run's summary and loss curve are the same as if it had trained. The code is not in the key: after
+the run's summary and loss curve are the same as if it had trained. Runs that start together (a launcher's
+parallel jobs, an array job on a shared filesystem) do not all train: a lock per key lets the first train while
+the others wait and link its student. The code is not in the key: after
 changing the training code, delete ``<paths.cache_dir>/students`` (as with the other caches).
 """
 
@@ -21,7 +23,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tapir_exp.files import atomic_dir, atomic_write_json, stable_hash
+from tapir_exp.files import atomic_dir, atomic_write_json, exclusive_lock, stable_hash
+from tapir_exp.student.models import link_tree
 
 log = logging.getLogger("tapir")
 
@@ -42,18 +45,25 @@ def shared_training(cache_dir: str | Path, name: str, signature: dict[str, Any],
     ``<cache_dir>/<name>-<key>``: a hit links the stored checkpoint, a miss trains and stores it."""
 
     def run(out_dir: Path) -> dict[str, Any]:
-        from tapir_exp.student.models import link_tree
-
         entry = Path(cache_dir) / f"{name}-{shared_key(signature)}"
         if (entry / COUNTS).is_file():
-            link_tree(entry / MODEL, Path(out_dir))
-            counts = json.loads((entry / COUNTS).read_text(encoding="utf-8"))
-            log.info("%s: the trained student of an earlier run with the same signature (%s)", name, entry)
-            return {**counts, "shared_from": entry.name}
-        counts = compute(Path(out_dir))
-        with atomic_dir(entry) as tmp:  # a concurrent run storing the same key replaces it with equal content
-            link_tree(Path(out_dir), tmp / MODEL)
-            atomic_write_json(tmp / COUNTS, counts)
+            return _link(entry, Path(out_dir))
+        # runs started together (a launcher's parallel jobs, an array job) would all miss and all train: the
+        # first takes the key's lock and trains, the others wait for it and link its student
+        with exclusive_lock(entry.with_name(f".{entry.name}.lock"),
+                            waiting=f"{name}: waiting for another run training the same student ({entry})"):
+            if (entry / COUNTS).is_file():
+                return _link(entry, Path(out_dir))
+            counts = compute(Path(out_dir))
+            with atomic_dir(entry) as tmp:
+                link_tree(Path(out_dir), tmp / MODEL)
+                atomic_write_json(tmp / COUNTS, counts)
         return {**counts, "shared_to": entry.name}
+
+    def _link(entry: Path, out_dir: Path) -> dict[str, Any]:
+        link_tree(entry / MODEL, out_dir)
+        counts = json.loads((entry / COUNTS).read_text(encoding="utf-8"))
+        log.info("%s: the trained student of an earlier run with the same signature (%s)", name, entry)
+        return {**counts, "shared_from": entry.name}
 
     return run
