@@ -47,7 +47,7 @@ NOT_NAMING_A_RUN = (
     "mode", "plan", "name", "logger", "hydra", "paths", "eval.model",
     "oracle.limits", "oracle.progress", "oracle.cache",
     "oracle.backends.*.api_key", "oracle.backends.*.organization", "oracle.backends.*.cache_dir",
-    "oracle.backends.*.batch_size", "oracle.backends.*.device", "student.init.cache_dir",
+    "oracle.backends.*.batch_size", "oracle.backends.*.device", "student.init.cache_dir", "share_generations",
 )
 
 

@@ -190,6 +190,7 @@ RULES: tuple[Rule, ...] = (
     Rule("steps.warmup.size", optional_count),
     Rule("steps.warmup.epochs", optional_count),
     Rule("steps.warmup.share", boolean()),
+    Rule("share_generations", boolean()),
     Rule("steps.mfd.delta", number()),
     Rule("steps.mfd.both_orders", boolean()),
     Rule("steps.mfd.scoring", choice(*SCORING)),

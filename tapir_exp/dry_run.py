@@ -61,7 +61,8 @@ class PlanPipeline(Pipeline):
 
     def __init__(self, cfg: DictConfig, run_dir: Path):
         super().__init__(cfg, run_dir, NullTracker(), rank=0)  # one process plans, whatever job it runs in
-        self.share_warmup = False  # its placeholder student must never reach the shared cache of trained ones
+        # its placeholder student and answers must never reach the shared caches of real ones
+        self.share_warmup = self.share_generations = False
         self.placeholder = PlaceholderGenerator(int(cfg.generation.get("max_new_tokens") or 256),
                                                 hard_fraction(cfg), self.seed)
 

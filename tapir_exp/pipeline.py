@@ -82,6 +82,7 @@ class Pipeline:
         self.labels = list(cfg.tasks.labels)
         self.summary = RunSummary(self.run_dir, cfg, readonly=not self.leader)
         self.share_warmup = bool(cfg.steps.warmup.get("share", False))  # steps.warmup.share
+        self.share_generations = bool(cfg.get("share_generations", False))
         self._oracle = None
         self._generator = None
 
@@ -97,6 +98,12 @@ class Pipeline:
     def generator(self):
         if self._generator is None:
             self._generator = _AfterOracleRelease(self._build_generator(), self.release_devices)
+            if self.share_generations:  # outside: a stored call releases no oracle devices
+                from tapir_exp.student.shared_generations import SharedGenerations
+
+                self._generator = SharedGenerations(
+                    self._generator, Path(self.cfg.paths.cache_dir) / "generations",
+                    naming_tree("generation", to_container(self.cfg.generation)), self._hash_of)
         return self._generator
 
     def _build_oracle(self) -> Any:

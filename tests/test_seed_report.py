@@ -54,6 +54,14 @@ def test_two_settings_two_seeds_report_and_wandb_groups(grid):
                        if e["round"] == 0 and e["step"] == "student") for r in mine]
         assert sorted("shared_from" in c for c in counts) == [False, True], counts
         assert len({(r / "round_0/student/model.safetensors").stat().st_ino for r in mine}) == 1
+        # share_generations (on in the skills experiments): the run that linked the warm-up read that student's
+        # answers to the eval set (round 0, 18 items) and to the pool (round 1) from the first run's calls
+        first, second = (mine[i] for i in sorted(range(2), key=lambda i: "shared_from" in counts[i]))
+        hits = [line for line in (second / "tapir.log").read_text().splitlines() if "identical call" in line]
+        assert "student generation: 18 answers of an earlier run's identical call" in hits[0] and len(hits) >= 2
+        assert "identical call" not in (first / "tapir.log").read_text()
+        evals = [(r / "round_0/eval/skills_outputs.jsonl").read_bytes() for r in (first, second)]
+        assert evals[0] == evals[1]
 
     out = tmp_path / "report"
     report_main([str(tmp_path / "outputs/skills"), "--out", str(out)])

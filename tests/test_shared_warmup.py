@@ -62,6 +62,8 @@ def test_a_plan_never_stores_its_placeholder_student_in_the_shared_cache(tmp_pat
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "plan" in proc.stdout.lower()
     assert not (tmp_path / "outputs/.cache/students").exists()  # the dry run "trained" a warm-up with share on
+    # ... and "generated" with share_generations on: its placeholder answers must not be read by a real run
+    assert not (tmp_path / "outputs/.cache/generations").exists()
 
 
 def _composed(overrides: list[str]):
