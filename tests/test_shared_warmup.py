@@ -146,15 +146,25 @@ def test_runs_started_together_train_the_shared_student_once(tmp_path):
             assert time.monotonic() < end, "timed out"
             time.sleep(0.05)
 
-    first, _ = start("run1")
-    wait_for(lambda: (marks / "training-run1").exists())
-    second, second_err = start("run2")
-    # the second either waits for the lock (right) or starts training itself (the bug this test is about)
-    wait_for(lambda: "waiting for another run" in second_err.read_text() or (marks / "training-run2").exists())
-    assert not (marks / "training-run2").exists(), "the second run trained while the first was training"
-    (marks / "release").touch()
-    out1, _ = first.communicate(timeout=120)
-    out2, _ = second.communicate(timeout=120)
+    procs: list[subprocess.Popen] = []
+    try:
+        first, _ = start("run1")
+        procs.append(first)
+        wait_for(lambda: (marks / "training-run1").exists())
+        second, second_err = start("run2")
+        procs.append(second)
+        # the second either waits for the lock (right) or starts training itself (the bug this test is about)
+        wait_for(lambda: "waiting for another run" in second_err.read_text() or (marks / "training-run2").exists())
+        assert not (marks / "training-run2").exists(), "the second run trained while the first was training"
+        (marks / "release").touch()
+        out1, _ = first.communicate(timeout=120)
+        out2, _ = second.communicate(timeout=120)
+    finally:
+        (marks / "release").touch()  # a failed test must not leave its runs waiting for it
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
     assert first.returncode == second.returncode == 0, second_err.read_text()
     counts1, counts2 = json.loads(out1), json.loads(out2)
     assert counts2["shared_from"] == counts1["shared_to"] and counts2["steps"] == 3
