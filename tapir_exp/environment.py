@@ -20,8 +20,10 @@ from tapir_exp.files import stable_hash
 
 @functools.cache
 def _static() -> dict[str, Any]:
-    packages = sorted(f"{d.metadata['Name'].lower()}=={d.version}" for d in metadata.distributions()
-                      if d.metadata["Name"])
+    # one entry a package: a source checkout on sys.path (PYTHONPATH=$PWD) shows the project's own metadata
+    # (an ignored *.egg-info) beside the installed one, which made the list depend on how a run was started
+    packages = sorted({f"{d.metadata['Name'].lower()}=={d.version}" for d in metadata.distributions()
+                       if d.metadata["Name"]})
     return {"cpu": cpu_model(), "cpu_flags": cpu_flags(), "cores": os.cpu_count(), "machine": platform.machine(),
             "system": platform.system(), "python": platform.python_version(), "torch": _version("torch"),
             "transformers": _version("transformers"), "packages": len(packages),
