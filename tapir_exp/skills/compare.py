@@ -135,8 +135,8 @@ def _target(cell: str) -> tuple[str, Any, Any]:
 
 
 def warmup_target(by_setting: dict[str, dict[str, dict]]) -> dict[str, dict[str, tuple[int, int]]]:
-    """{cell: {seed or "pooled": (correct, answered)}} of the warm-up student (WARMUP of ``outcomes_by_setting``)
-    for item 2's cells: overall, and every family at difficulties 1 and 3."""
+    """{cell: {seed or "pooled": (correct, answered)}} of the warm-up student (WARMUP of
+    ``outcomes_by_setting``) for item 2's cells: overall, and every family at difficulties 1 and 3."""
     by_seed = by_setting.get(WARMUP, {})
     table: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0]))
     for seed, got in by_seed.items():
@@ -151,19 +151,22 @@ def warmup_target(by_setting: dict[str, dict[str, dict]]) -> dict[str, dict[str,
 
 def warmup_target_markdown(table: dict[str, dict[str, tuple[int, int]]]) -> str:
     """The warm-up student against item 2's target, per seed and pooled, with 95 % Wilson intervals. A cell
-    whose point estimate misses the target is marked ✗; the lines below count those, and those whose whole interval misses it too (a
-    per-seed cell holds few answers: one of 20 is 0.05 with an interval up to 0.24)."""
+    whose point estimate misses the target is marked ✗; the lines below count those, and those whose whole
+    interval misses it too (a per-seed cell holds few answers: one of 20 is 0.05, its interval up to 0.24)."""
     if not table:
         return ""
-    seeds = sorted({c for cols in table.values() for c in cols if c != "pooled"},
-                   key=lambda s: (not s.lstrip("-").isdigit(), int(s) if s.lstrip("-").isdigit() else 0, s))
+    def numeric_first(seed: str) -> tuple:
+        number = seed.lstrip("-").isdigit()
+        return (not number, int(seed) if number else 0, seed)
+
+    seeds = sorted({c for cols in table.values() for c in cols if c != "pooled"}, key=numeric_first)
     columns = seeds + ["pooled"]
     cells = ["overall"] + sorted(c for c in table if c != "overall")
     lines = ["## Skills world: the warm-up student against issue 19's target (item 2)", "",
              "Round 0 of the skills_tapir runs (the student every setting of a seed starts from): exact-match "
              "accuracy and its 95 % Wilson interval, per seed and pooled over the seeds; ✗: the point estimate "
              "misses the target.", "",
-             "| cell | target | " + " | ".join(f"seed {c}" if c != "pooled" else "pooled" for c in columns) + " |",
+             "| cell | target | " + " | ".join(c if c == "pooled" else f"seed {c}" for c in columns) + " |",
              "|" + "---|" * (len(columns) + 2)]
     missed = {"seed": [0, 0, 0], "pooled": [0, 0, 0]}  # cells, point estimate misses, interval misses too
     for cell in cells:

@@ -10,8 +10,8 @@ and trainer config, epochs, seed, the content hashes of the initial weights and 
 decides the floats on a CPU (the torch version and its number of threads). A cache hit links the stored
 checkpoint into the run (hard links) and returns the counts the training recorded (losses, steps, tokens), so
 the run's summary and loss curve are the same as if it had trained. Runs that start together (a launcher's
-parallel jobs, an array job on a shared filesystem) do not all train: a lock per key lets the first train while
-the others wait and link its student. The code is not in the key: after
+parallel jobs, an array job on a shared filesystem) do not all train: a lock per key lets the first train
+while the others wait and link its student. The code is not in the key: after
 changing the training code, delete ``<paths.cache_dir>/students`` (as with the other caches).
 """
 

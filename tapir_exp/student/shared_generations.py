@@ -35,7 +35,8 @@ class SharedGenerations:
 
     def __init__(self, generator: Any, cache_dir: str | Path, config: dict[str, Any],
                  model_hash: Callable[[Path], str]):
-        self.inner, self.cache_dir, self.config, self.model_hash = generator, Path(cache_dir), config, model_hash
+        self.inner, self.cache_dir = generator, Path(cache_dir)
+        self.config, self.model_hash = config, model_hash
         self.hits = 0
 
     def key(self, model_dir: str | Path, conversations: list[list[dict[str, str]]]) -> str:
@@ -50,8 +51,8 @@ class SharedGenerations:
         stored = self._read(path, len(conversations))
         if stored is not None:
             return stored
-        with exclusive_lock(path.with_name(f".{path.name}.lock"),
-                            waiting=f"student generation: waiting for another run making the same call ({path})"):
+        waiting = f"student generation: waiting for another run making the same call ({path})"
+        with exclusive_lock(path.with_name(f".{path.name}.lock"), waiting=waiting):
             stored = self._read(path, len(conversations))
             if stored is not None:
                 return stored
