@@ -359,9 +359,10 @@ class Pipeline:
         """student_r: the previous student fine-tuned on ``data``; ``shared``: taken from (or stored in) the
         cache of students other runs trained with the same signature (one process only: in a multi-process
         job every rank must train)."""
-        if epochs is None:  # a student may need its own number of passes (a random-init one needs many)
-            epochs = self.cfg.student.get("max_epochs")
+        # a student may need its own number of passes (a random-init one needs many): the signature resolves
+        # the epochs the fit makes, and the fit is given the same number
         config = training_signature(self.cfg, epochs, self.seed + r)
+        epochs = config["epochs"]
         inputs = {"init": self._hash_of(init_dir), "data": data.entry.artifact_hash}
         work_dir = self.store.round_dir(r) / "train_work"
 

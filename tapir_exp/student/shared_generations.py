@@ -21,8 +21,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tapir_exp.files import exclusive_lock, stable_hash
+from tapir_exp.files import exclusive_lock
 from tapir_exp.records import read_jsonl, write_jsonl
+from tapir_exp.student.shared import shared_key
 
 log = logging.getLogger("tapir")
 
@@ -40,11 +41,9 @@ class SharedGenerations:
         self.hits = 0
 
     def key(self, model_dir: str | Path, conversations: list[list[dict[str, str]]]) -> str:
-        import torch
-
-        return stable_hash({"student": self.model_hash(Path(model_dir)), "conversations": conversations,
-                            "generation": self.config, "torch": torch.__version__,
-                            "threads": torch.get_num_threads()}, length=24)
+        # the call, plus what else decides the floats on this machine: the same rule as the shared students'
+        return shared_key({"student": self.model_hash(Path(model_dir)), "conversations": conversations,
+                           "generation": self.config})
 
     def generate(self, model_dir: str | Path, conversations: list[list[dict[str, str]]]) -> list[Any]:
         path = self.cache_dir / f"{self.key(model_dir, conversations)}.jsonl"
