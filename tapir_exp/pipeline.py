@@ -57,7 +57,7 @@ def training_signature(cfg: DictConfig, epochs: int | None, seed: int) -> dict[s
     student = naming_tree("student", to_container(cfg.student))
     trainer = to_container(cfg.trainer)
     if epochs is None:
-        epochs = student.get("max_epochs")
+        epochs = cfg.student.get("max_epochs")
     if epochs is None:
         epochs = trainer.get("max_epochs")
     student.pop("max_epochs", None)

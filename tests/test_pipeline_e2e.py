@@ -171,7 +171,7 @@ def test_rerun_of_a_finished_run_loads_nothing_and_recomputes_nothing(server, re
     assert "round 2" in proc.stdout  # the round tables are shown again, from the summary
     # the summary keeps what the computing process recorded: not the re-run's second and empty oracle usage
     assert round_records(run_dir) == recorded
-    assert all(rec["wall_seconds"] > 1 and rec["oracle"]["requests"] > 0 for rec in recorded.values()), recorded
+    assert all(rec["wall_seconds"] > 0 and rec["oracle"]["requests"] > 0 for rec in recorded.values()), recorded
 
 
 def round_records(run_dir: Path) -> dict[int, dict]:
