@@ -18,6 +18,8 @@ from tapir_exp.files import atomic_write_text
 REDACTED = "***REDACTED***"
 # Keys whose values are secrets wherever they appear in a config.
 _SECRET_KEY = re.compile(r"(api[_-]?key|token|secret|password|authorization|bearer)$", re.IGNORECASE)
+# ... except a tokenizer's special tokens (`student.init.pad_token: "<pad>"`), which name what a run trains.
+_SPECIAL_TOKEN_KEY = re.compile(r"(^|[^a-z])(pad|eos|bos|unk|sep|cls|mask)_token$", re.IGNORECASE)
 # Values that look like secrets even under an innocent key (OpenAI / W&B / HF style keys).
 _SECRET_VALUE = re.compile(r"^(sk-[A-Za-z0-9_\-]{8,}|hf_[A-Za-z0-9]{8,}|[0-9a-f]{40})$")
 _NOT_SECRET = {None, "", "EMPTY", "null", "none", REDACTED}
@@ -51,10 +53,16 @@ NOT_NAMING_A_RUN = (
 )
 
 
+def secret_key(key: str) -> bool:
+    """Whether values under ``key`` (a name, or a dotted path) are credentials wherever they appear."""
+    key = str(key)
+    return bool(_SECRET_KEY.search(key)) and not _SPECIAL_TOKEN_KEY.search(key)
+
+
 def names_run(key: str) -> bool:
     """Whether an override of ``key`` (``a.b.c``, or a group ``a/b``) names a run; secrets never do."""
     key = key.lstrip("+~")
-    if _SECRET_KEY.search(key):
+    if secret_key(key):
         return False
     parts = re.split(r"[./]", key)
     for entry in NOT_NAMING_A_RUN:
@@ -105,7 +113,7 @@ def is_secret(key: str, value: Any) -> bool:
         return False
     if value is None:
         return False
-    if _SECRET_KEY.search(str(key)):
+    if secret_key(key):
         return True
     return isinstance(value, str) and bool(_SECRET_VALUE.match(value))
 

@@ -176,3 +176,24 @@ def test_api_key_never_written(tmp_path, monkeypatch):
     for f in run_dir.rglob("*"):
         if f.is_file():
             assert secret not in f.read_text(errors="ignore"), f  # ... but no file on disk
+
+
+def test_tokenizer_special_tokens_are_settings_not_secrets(tmp_path, monkeypatch):
+    # "token" ends both a credential's key (hf_token) and a tokenizer setting's (pad_token): only the first is
+    # redacted on disk and left out of the run name
+    from tapir_exp.config import names_run, run_name_from_overrides
+    from tapir_exp.task import setup_run_dir
+
+    monkeypatch.setenv("TAPIR_ROOT", str(tmp_path))
+    full = _compose([])
+    cfg = OmegaConf.masked_copy(full, [k for k in full if k != "hydra"])
+    OmegaConf.set_struct(cfg, False)
+    cfg.paths.run_dir = str(tmp_path / "run")
+    cfg.student.init.pad_token = "<|pad|>"
+    cfg.student.init.hf_token = "not-a-real-token-123"
+    saved = (setup_run_dir(cfg) / "config.yaml").read_text()
+    assert "<|pad|>" in saved and "not-a-real-token-123" not in saved
+    assert names_run("student.init.pad_token") and names_run("+student.init.eos_token")
+    assert not names_run("student.init.hf_token") and not names_run("oracle.backends.openai.api_key")
+    assert "pad_token" in run_name_from_overrides("student.init.pad_token=x,student.init.hf_token=y")
+    assert "hf_token" not in run_name_from_overrides("student.init.pad_token=x,student.init.hf_token=y")
