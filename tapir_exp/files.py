@@ -15,9 +15,11 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
+
+T = TypeVar("T")
 
 
 def stable_hash(obj: Any, length: int = 16) -> str:
@@ -154,3 +156,16 @@ def exclusive_lock(path: str | os.PathLike, waiting: str | None = None) -> Itera
             yield
         finally:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def computed_once(lock: str | os.PathLike, stored: Callable[[], T | None], compute: Callable[[], T],
+                  waiting: str | None = None) -> T:
+    """``stored()`` when it finds a result, else ``compute()`` (which stores it) - once across processes: runs
+    that start together would all miss and all compute, so the first takes ``lock`` and computes while the
+    others wait for it and then find its result (looked up again once the lock is held)."""
+    found = stored()
+    if found is not None:
+        return found
+    with exclusive_lock(lock, waiting=waiting):
+        found = stored()
+        return found if found is not None else compute()

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tapir_exp.files import atomic_dir, atomic_write_json, exclusive_lock, stable_hash
+from tapir_exp.files import atomic_dir, atomic_write_json, computed_once, stable_hash
 from tapir_exp.student.models import link_tree
 
 log = logging.getLogger("tapir")
@@ -45,20 +45,20 @@ def shared_training(cache_dir: str | Path, name: str, signature: dict[str, Any],
     ``<cache_dir>/<name>-<key>``: a hit links the stored checkpoint, a miss trains and stores it."""
 
     def run(out_dir: Path) -> dict[str, Any]:
-        entry = Path(cache_dir) / f"{name}-{shared_key(signature)}"
-        if (entry / COUNTS).is_file():
-            return _link(entry, Path(out_dir))
-        # runs started together (a launcher's parallel jobs, an array job) would all miss and all train: the
-        # first takes the key's lock and trains, the others wait for it and link its student
-        with exclusive_lock(entry.with_name(f".{entry.name}.lock"),
-                            waiting=f"{name}: waiting for another run training the same student ({entry})"):
-            if (entry / COUNTS).is_file():
-                return _link(entry, Path(out_dir))
-            counts = compute(Path(out_dir))
+        entry, out_dir = Path(cache_dir) / f"{name}-{shared_key(signature)}", Path(out_dir)
+
+        def stored() -> dict[str, Any] | None:
+            return _link(entry, out_dir) if (entry / COUNTS).is_file() else None
+
+        def train() -> dict[str, Any]:
+            counts = compute(out_dir)
             with atomic_dir(entry) as tmp:
-                link_tree(Path(out_dir), tmp / MODEL)
+                link_tree(out_dir, tmp / MODEL)
                 atomic_write_json(tmp / COUNTS, counts)
-        return {**counts, "shared_to": entry.name}
+            return {**counts, "shared_to": entry.name}
+
+        return computed_once(entry.with_name(f".{entry.name}.lock"), stored, train,
+                             waiting=f"{name}: waiting for another run training the same student ({entry})")
 
     def _link(entry: Path, out_dir: Path) -> dict[str, Any]:
         link_tree(entry / MODEL, out_dir)

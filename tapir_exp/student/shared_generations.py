@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tapir_exp.files import exclusive_lock
+from tapir_exp.files import computed_once
 from tapir_exp.records import read_jsonl, write_jsonl
 from tapir_exp.student.shared import shared_key
 
@@ -47,17 +47,14 @@ class SharedGenerations:
 
     def generate(self, model_dir: str | Path, conversations: list[list[dict[str, str]]]) -> list[Any]:
         path = self.cache_dir / f"{self.key(model_dir, conversations)}.jsonl"
-        stored = self._read(path, len(conversations))
-        if stored is not None:
-            return stored
-        waiting = f"student generation: waiting for another run making the same call ({path})"
-        with exclusive_lock(path.with_name(f".{path.name}.lock"), waiting=waiting):
-            stored = self._read(path, len(conversations))
-            if stored is not None:
-                return stored
+
+        def compute() -> list[Any]:
             out = self.inner.generate(model_dir, conversations)
             write_jsonl(path, [dataclasses.asdict(g) for g in out])
-        return out
+            return out
+
+        return computed_once(path.with_name(f".{path.name}.lock"), lambda: self._read(path, len(conversations)),
+                             compute, waiting=f"student generation: waiting for another run making the same call ({path})")
 
     def _read(self, path: Path, n: int) -> list[Any] | None:
         """The stored answers of this call, or None (none stored, or a file that is not a whole call's)."""
