@@ -27,7 +27,7 @@ def _static() -> dict[str, Any]:
     return {"cpu": cpu_model(), "cpu_flags": cpu_flags(), "cores": os.cpu_count(), "machine": platform.machine(),
             "system": platform.system(), "python": platform.python_version(), "torch": _version("torch"),
             "transformers": _version("transformers"), "packages": len(packages),
-            "packages_hash": stable_hash(packages, 12)}
+            "packages_hash": stable_hash(packages, 12), **({"kernel_env": k} if (k := kernel_env()) else {})}
 
 
 def describe() -> dict[str, Any]:
@@ -46,6 +46,17 @@ def env_id(env: dict[str, Any]) -> str:
 
 # the instruction-set extensions that decide which float kernels torch's CPU backend picks
 KERNEL_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "asimd", "sve")
+
+
+# environment variables that make torch, MKL or oneDNN pick other float kernels than the CPU's best (set by a
+# cluster's modules, or to emulate an older CPU on this one: docs/skills_world.md "Reproducibility")
+KERNEL_ENV = ("ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
+
+
+def kernel_env() -> str | None:
+    """The :data:`KERNEL_ENV` variables this process has set (``NAME=value ...``), None when none is: a
+    default environment's record, and so its id, stays what it was before they were recorded."""
+    return " ".join(f"{k}={os.environ[k]}" for k in KERNEL_ENV if os.environ.get(k)) or None
 
 
 def _cpuinfo(field: str) -> str | None:

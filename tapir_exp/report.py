@@ -144,6 +144,8 @@ def environments_section(runs: list[dict[str, Any]]) -> str:
         return ""
     keys = ["cpu", "cpu_flags", "cores", "torch_threads", "python", "torch", "transformers", "packages",
             "packages_hash"]
+    if any("kernel_env" in env for env in seen.values()):
+        keys.insert(2, "kernel_env")
     fmt = lambda v: " ".join(v) if isinstance(v, list) else ("" if v is None else str(v))  # noqa: E731
     rows = [f"| {eid} | {len(count[eid])} | " + " | ".join(fmt(env.get(k)) for k in keys) + " |"
             for eid, env in sorted(seen.items())]

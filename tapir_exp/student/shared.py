@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tapir_exp.environment import kernel_env
 from tapir_exp.files import atomic_dir, atomic_write_json, computed_once, stable_hash
 from tapir_exp.student.models import link_tree
 
@@ -36,7 +37,9 @@ def shared_key(signature: dict[str, Any]) -> str:
     """The cache key of a training step: its signature and what else decides the result on this machine."""
     import torch
 
-    return stable_hash({"signature": signature, "torch": torch.__version__, "threads": torch.get_num_threads()})
+    kernels = kernel_env()  # only when set, so that the keys of a default environment stay what they were
+    return stable_hash({"signature": signature, "torch": torch.__version__, "threads": torch.get_num_threads(),
+                        **({"kernels": kernels} if kernels else {})})
 
 
 def shared_training(cache_dir: str | Path, name: str, signature: dict[str, Any],
