@@ -3,6 +3,7 @@
 
     .venv/bin/python bench/first_run.py                 # 3 runs of this checkout
     .venv/bin/python bench/first_run.py --runs 1 --against /tmp/old-checkout   # interleaved A/B, ratio
+    .venv/bin/python bench/first_run.py --runs 1 --keep  # keep the run's root (printed) to look into
 
 Prints each run's wall time, the median, each step's share (from the run's ``summary.json``: the seconds
 the run store recorded per step, summed over rounds; "outside steps" is start-up, model conversion and
@@ -27,7 +28,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run_once(src: Path, extra: list[str]) -> dict:
+def run_once(src: Path, extra: list[str], keep: bool = False) -> dict:
     root = Path(tempfile.mkdtemp(prefix="tapir-first-run-"))
     env = {k: v for k, v in os.environ.items() if k not in ("TAPIR_CACHE", "TAPIR_ROOT", "WANDB_API_KEY")}
     env.update(TAPIR_ROOT=str(root), WANDB_MODE="offline", HF_HUB_OFFLINE="1", PYTHONPATH=str(src))
@@ -54,7 +55,10 @@ def run_once(src: Path, extra: list[str]) -> dict:
         return {"wall": wall, "rerun": rerun, "steps": dict(steps), "rounds": rounds,
                 "load": (load0 + os.getloadavg()[0]) / 2}
     finally:
-        shutil.rmtree(root, ignore_errors=True)
+        if keep:  # its run directory, logs and caches, to look at what was timed
+            print(f"kept {root}", flush=True)
+        else:
+            shutil.rmtree(root, ignore_errors=True)
 
 
 def report(name: str, runs: list[dict]) -> float:
@@ -80,6 +84,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--against", type=Path, help="another checkout's root, run interleaved with this one (A/B)")
+    ap.add_argument("--keep", action="store_true", help="keep each run's temporary root (printed) instead of deleting it")
     ap.add_argument("overrides", nargs="*", help="tapir overrides (default: none, the README's first command)")
     args = ap.parse_args()
     sources = {"this checkout": REPO, **({"against": args.against.resolve()} if args.against else {})}
@@ -87,7 +92,7 @@ def main() -> None:
     for i in range(args.runs):
         for name, src in sources.items():
             print(f"run {i + 1}/{args.runs} ({name}) ...", flush=True)
-            results[name].append(run_once(src, args.overrides))
+            results[name].append(run_once(src, args.overrides, keep=args.keep))
     medians = {name: report(name, runs) for name, runs in results.items()}
     if args.against:
         print(f"\nthis checkout / against: x{medians['this checkout'] / medians['against']:.2f} (median wall)")
