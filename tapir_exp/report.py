@@ -291,10 +291,32 @@ def skills_report(runs: list[dict[str, Any]], out: Path) -> tuple[str, list[Path
     return "\n".join(lines) + "\n", made
 
 
+def environment_ids(runs: list[dict[str, Any]]) -> set[str]:
+    return {rec["environment"] for r in runs for rec in r["rounds"] if rec.get("environment")}
+
+
+def replication_section(runs: list[dict[str, Any]], outcomes: dict, dirs: list[str], against: list[str]) -> str:
+    """The skills world's intervals and effects of this grid beside those of ``against`` (issue 19, item 6)."""
+    from tapir_exp.skills.compare import outcomes_by_setting, replication, replication_markdown
+
+    others = [load(r) for r in find_runs(against)]
+    name_settings_by_difference(others)
+    md = replication_markdown(replication(outcomes, outcomes_by_setting(others)), ", ".join(dirs), ", ".join(against))
+    if not md:
+        return ""
+    here, there = environment_ids(runs), environment_ids(others)
+    shared = "; **both grids have runs of one environment**, whose results should be bytewise equal" if here & there else ""
+    return md + (f"- Environments here: {', '.join(sorted(here)) or 'not recorded'}; there: "
+                 f"{', '.join(sorted(there)) or 'not recorded'}{shared}.\n")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="tapir-report", description=__doc__.splitlines()[0])
     ap.add_argument("dirs", nargs="+", help="run directories or sweep directories (searched recursively)")
     ap.add_argument("--out", default="report", help="output directory (default: ./report)")
+    ap.add_argument("--against", nargs="+", metavar="DIR",
+                    help="another grid of the same settings (e.g. run on another machine): the skills world's "
+                         "intervals and effects side by side")
     a = ap.parse_args(argv)
     runs = [load(r) for r in find_runs(a.dirs)]
     name_settings_by_difference(runs)
@@ -323,6 +345,8 @@ def main(argv: list[str] | None = None) -> None:
     target_md = warmup_target_markdown(warmup_target(outcomes))
     if target_md:
         skills_md += ("\n" if skills_md else "") + target_md
+    if a.against and outcomes:
+        skills_md += ("\n" if skills_md else "") + replication_section(runs, outcomes, a.dirs, a.against)
     if skills_md:
         with open(out / "report.md", "a") as fh:
             fh.write("\n" + skills_md)

@@ -116,3 +116,12 @@ def test_a_grid_moved_to_another_directory_recomputes_nothing(grid, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert {r: steps_of(r) for r in runs} == before
     assert sorted(p.parent for p in (moved / "outputs/skills").glob("*/summary.json")) == runs  # no new run
+
+
+def test_a_grid_against_itself_repeats_every_answer_in_one_environment(grid, tmp_path):
+    # tapir-report --against (issue 19, item 6): the same grid twice is one environment, every answer equal
+    report_main([str(grid / "outputs/skills"), "--out", str(tmp_path), "--against", str(grid / "outputs/skills")])
+    md = (tmp_path / "report.md").read_text().split("## Skills world: replication against", 1)[1]
+    rows = [line for line in md.splitlines() if line.startswith("| skills/")]
+    assert len(rows) == 2 and all(" | yes | 0 of 36 | " in row for row in rows), rows
+    assert "both grids have runs of one environment" in md

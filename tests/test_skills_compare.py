@@ -142,3 +142,35 @@ def test_warm_up_against_item_2s_target_per_seed_and_pooled(tmp_path):
     assert "Others" not in md  # difficulty 2 only
     assert "- per seed: 6 of 8 cells miss the target by their point estimate, 3 by their whole interval." in md
     assert "- pooled: 3 of 4 cells miss the target by their point estimate, 1 by their whole interval." in md
+
+
+def test_replication_against_another_grid_sets_intervals_and_effects_side_by_side(tmp_path):
+    # two grids of the same settings whose results disagree: grid B's no_balance effect has the other sign,
+    # no_expand has no effect in either but a different accuracy (intervals apart)
+    from tapir_exp.report import main as report_main
+
+    grids = {"a": ([0] * 10, [1] * 10, [0] * 10), "b": ([1] * 10, [0] * 10, [1] * 10)}
+    for name, (tapir, no_balance, no_expand) in grids.items():
+        root = tmp_path / name / "outputs" / "skills"
+        for seed in (1, 2):
+            write_run(root, "experiment=skills_tapir", seed, {"Math": tapir})
+            write_run(root, "experiment=skills_no_balance", seed, {"Math": no_balance})
+            write_run(root, "experiment=skills_no_expand", seed, {"Math": no_expand})
+    out = tmp_path / "report"
+    report_main([str(tmp_path / "a/outputs/skills"), "--out", str(out), "--against", str(tmp_path / "b/outputs/skills")])
+    md = (out / "report.md").read_text().split("## Skills world: replication against", 1)[1]
+    rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in md.splitlines() if line.startswith("| skills/")}
+    balance, expand, tapir = (rows[f"skills/experiment=skills_{s}"] for s in ("no_balance", "no_expand", "tapir"))
+    assert balance[1].startswith("1.000 [") and balance[2].startswith("0.000 [") and balance[3] == "**no**"
+    assert balance[4] == "20 of 20" and balance[5].startswith("+1.000") and balance[6].startswith("-1.000")
+    assert balance[7].strip(" |") == "opposite signs"
+    assert expand[4] == "20 of 20" and expand[7].strip(" |") == "none in either" and tapir[3] == "**no**"
+    assert "- 0 of 3 settings' accuracy intervals overlap." in md
+    # no_balance's Math and overall cells: effects in both grids, each with the other sign
+    assert "- 2 paired-difference cells (settings × task families and overall) show an effect here; 0 of them " \
+           "show it with the same sign in the other grid, 2 with the other sign." in md
+
+    report_main([str(tmp_path / "a/outputs/skills"), "--out", str(out), "--against", str(tmp_path / "a/outputs/skills")])
+    md = (out / "report.md").read_text().split("## Skills world: replication against", 1)[1]
+    assert md.count("| 0 of 20 |") == 3 and "- 3 of 3 settings' accuracy intervals overlap." in md
+    assert "| repeated |" in md and "2 of them show it with the same sign in the other grid, 0 with" in md

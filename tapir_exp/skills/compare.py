@@ -42,6 +42,10 @@ def outcomes(run_dir: str | Path, rnd: int) -> dict[tuple[str, int, str], bool]:
 
 
 def _seed(run: dict[str, Any]) -> str:
+    # the run's config first: a long run name is cut and hashed (config.run_name_from_overrides) and may no
+    # longer hold seed=..., which made every seed of a setting one (the last read won)
+    if run.get("seed") is not None:
+        return str(run["seed"])
     m = re.search(r"(?:^|[,/])seed=([^,/]+)", run["label"])
     return m.group(1) if m else "default"
 
@@ -190,4 +194,96 @@ def warmup_target_markdown(table: dict[str, dict[str, tuple[int, int]]]) -> str:
     for what, (total, point, interval) in (("per seed", missed["seed"]), ("pooled", missed["pooled"])):
         lines.append(f"- {what}: {point} of {total} cells miss the target by their point estimate, "
                      f"{interval} by their whole interval.")
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------- replication
+# Issue 19, item 6: on another machine (another CPU's kernels, other package versions) every run is still
+# deterministic but its floats differ, so its numbers do not repeat bytewise; what must repeat is each
+# setting's interval and each effect's sign. ``tapir-report A --against B`` sets grid B beside grid A.
+
+
+def pooled_accuracy(by_setting: dict[str, dict[str, dict]]) -> dict[str, tuple[int, int]]:
+    """{setting: (correct, answered)} over every seed of the setting (``outcomes_by_setting``)."""
+    return {s: (sum(sum(o.values()) for o in seeds.values()), sum(len(o) for o in seeds.values()))
+            for s, seeds in by_setting.items()}
+
+
+def _differing_answers(here: dict[str, dict], there: dict[str, dict]) -> tuple[int, int]:
+    """(items whose correctness differs, items compared) over the seeds and items both grids have."""
+    differ = total = 0
+    for seed in set(here) & set(there):
+        for key in set(here[seed]) & set(there[seed]):
+            total += 1
+            differ += here[seed][key] != there[seed][key]
+    return differ, total
+
+
+def _effect(d: tuple) -> int:
+    """+1 / -1: the paired interval lies above / below 0; 0: it contains 0."""
+    return 1 if d[1] > 0 else (-1 if d[2] < 0 else 0)
+
+
+def replication(here: dict[str, dict[str, dict]], there: dict[str, dict[str, dict]],
+                reference: str = "skills_tapir") -> dict[str, Any]:
+    """Grid ``there`` against grid ``here`` (each ``outcomes_by_setting``): per setting both pooled accuracies
+    and whether their 95 % Wilson intervals overlap, the answers whose correctness differs, both paired
+    differences from ``reference`` with their effects; and, over every (setting, family) cell of the paired
+    differences, how many effects of one grid the other repeats with the same sign."""
+    acc_here, acc_there = pooled_accuracy(here), pooled_accuracy(there)
+    diff_here, diff_there = differences([], reference, here), differences([], reference, there)
+    settings = []
+    for s in sorted(set(here) | set(there), key=lambda s: (s != WARMUP, s)):
+        row: dict[str, Any] = {"setting": s, "here": acc_here.get(s), "there": acc_there.get(s)}
+        if row["here"] and row["there"]:
+            (lo1, hi1), (lo2, hi2) = wilson(*row["here"]), wilson(*row["there"])
+            row["overlap"] = lo1 <= hi2 and lo2 <= hi1
+            row["differing"] = _differing_answers(here[s], there[s])
+        row["diff_here"] = diff_here.get(s, {}).get("all")
+        row["diff_there"] = diff_there.get(s, {}).get("all")
+        settings.append(row)
+    cells = {"here": [0, 0, 0], "there": [0, 0, 0]}  # effects, repeated with the same sign, with the other sign
+    for s in set(diff_here) & set(diff_there):
+        for group in set(diff_here[s]) & set(diff_there[s]):
+            a, b = _effect(diff_here[s][group]), _effect(diff_there[s][group])
+            for side, mine, other in (("here", a, b), ("there", b, a)):
+                if mine:
+                    cells[side][0] += 1
+                    cells[side][1] += other == mine
+                    cells[side][2] += other == -mine
+    return {"reference": reference, "settings": settings, "cells": cells}
+
+
+def replication_markdown(rep: dict[str, Any], here: str, there: str) -> str:
+    rows = rep["settings"]
+    if not any(r.get("overlap") is not None for r in rows):
+        return ""
+    acc = lambda kn: "" if not kn else "{:.3f} [{:.3f}, {:.3f}]".format(kn[0] / kn[1], *wilson(*kn))  # noqa: E731
+    diff = lambda d: "" if d is None else f"{d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]" + (" *" if _effect(d) else "")  # noqa: E731
+    ref = rep["reference"]
+    lines = [f"## Skills world: replication against {there}", "",
+             f"Here: {here}. There: {there}. Seeds pooled, last round (the warm-up row: round 0). Accuracy with "
+             f"its 95 % Wilson interval; difference from {ref} paired over seeds and items (* : the interval "
+             "excludes 0); answers that differ: items whose correctness differs between the two grids.", "",
+             f"| setting | accuracy here | accuracy there | intervals overlap | answers that differ | − {ref} here "
+             f"| − {ref} there | effect |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        a, b = r["diff_here"], r["diff_there"]
+        if a is None or b is None:
+            verdict = ""
+        else:
+            ea, eb = _effect(a), _effect(b)
+            verdict = ("none in either" if not ea and not eb else "repeated" if ea == eb
+                       else "opposite signs" if ea == -eb and ea else "here only" if ea else "there only")
+        overlap = {True: "yes", False: "**no**", None: ""}[r.get("overlap")]
+        differing = "{} of {}".format(*r["differing"]) if r.get("differing") else ""
+        lines.append(f"| {r['setting']} | {acc(r['here'])} | {acc(r['there'])} | {overlap} | {differing} | "
+                     f"{diff(a)} | {diff(b)} | {verdict} |")
+    compared = [r for r in rows if r.get("overlap") is not None]
+    lines += ["", f"- {sum(r['overlap'] for r in compared)} of {len(compared)} settings' accuracy intervals "
+              "overlap."]
+    for side, name in (("here", "here"), ("there", "there")):
+        n, same, flipped = rep["cells"][side]
+        lines.append(f"- {n} paired-difference cells (settings × task families and overall) show an effect {name}; "
+                     f"{same} of them show it with the same sign in the other grid, {flipped} with the other sign.")
     return "\n".join(lines) + "\n"
