@@ -16,6 +16,7 @@ import argparse
 import csv
 import json
 import re
+import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -345,8 +346,12 @@ def main(argv: list[str] | None = None) -> None:
     target_md = warmup_target_markdown(warmup_target(outcomes))
     if target_md:
         skills_md += ("\n" if skills_md else "") + target_md
-    if a.against and outcomes:
-        skills_md += ("\n" if skills_md else "") + replication_section(runs, outcomes, a.dirs, a.against)
+    if a.against:
+        replicated = replication_section(runs, outcomes, a.dirs, a.against) if outcomes else ""
+        if not replicated:  # said, not silently skipped: the comparison needs the per-item skills outcomes
+            print("tapir-report: --against compares skills-world grids (per-item skills eval outputs on both "
+                  "sides); none to compare here", file=sys.stderr)
+        skills_md += ("\n" if skills_md and replicated else "") + replicated
     if skills_md:
         with open(out / "report.md", "a") as fh:
             fh.write("\n" + skills_md)

@@ -174,3 +174,15 @@ def test_replication_against_another_grid_sets_intervals_and_effects_side_by_sid
     md = (out / "report.md").read_text().split("## Skills world: replication against", 1)[1]
     assert md.count("| 0 of 20 |") == 3 and "- 3 of 3 settings' accuracy intervals overlap." in md
     assert "| repeated |" in md and "2 of them show it with the same sign in the other grid, 0 with" in md
+
+
+def test_against_a_grid_without_skills_outcomes_says_so(tmp_path, capsys):
+    from tapir_exp.report import main as report_main
+
+    write_run(tmp_path / "a", "experiment=skills_tapir", 1, {"Math": [1, 0]})
+    other = tmp_path / "b" / "run"
+    other.mkdir(parents=True)
+    (other / "summary.json").write_text(json.dumps({"name": "demo", "run_name": "run", "rounds": [{"round": 0}]}))
+    report_main([str(tmp_path / "a"), "--out", str(tmp_path / "out"), "--against", str(tmp_path / "b")])
+    assert "none to compare here" in capsys.readouterr().err
+    assert "replication against" not in (tmp_path / "out" / "report.md").read_text()
