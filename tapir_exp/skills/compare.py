@@ -282,8 +282,8 @@ def replication_markdown(rep: dict[str, Any], here: str, there: str) -> str:
     compared = [r for r in rows if r.get("overlap") is not None]
     lines += ["", f"- {sum(r['overlap'] for r in compared)} of {len(compared)} settings' accuracy intervals "
               "overlap."]
-    for side, name in (("here", "here"), ("there", "there")):
+    for side in ("here", "there"):
         n, same, flipped = rep["cells"][side]
-        lines.append(f"- {n} paired-difference cells (settings × task families and overall) show an effect {name}; "
+        lines.append(f"- {n} paired-difference cells (settings × task families and overall) show an effect {side}; "
                      f"{same} of them show it with the same sign in the other grid, {flipped} with the other sign.")
     return "\n".join(lines) + "\n"
