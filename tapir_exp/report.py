@@ -7,7 +7,8 @@ PNG plots per round (eval metrics, mean MFD and hard fraction, train loss) show 
 intervals as error bars. Every run on its own is in ``runs.csv``. Skills-world runs (``experiment=skills_*``) also get exact-match accuracy per task per round with 95 %
 intervals, pooled over the seeds of each setting, and MFD's hard fraction per task over rounds; their paired
 differences from full TAPIR, the warm-up student and plain distillation; and the warm-up student against issue
-19's target, per seed and pooled.
+19's target, per seed and pooled. Every answer's correctness goes into ``skills_outcomes.csv``, so that
+``--against`` can pair a grid with a committed report item by item when that grid's outputs are elsewhere.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ def load(run: Path) -> dict[str, Any]:
     try:
         doc = json.loads((run / "summary.json").read_text())
     except json.JSONDecodeError as e:
-        raise DataError(run / "summary.json", e.lineno, None, f"malformed JSON: {e.msg}") from e
+        raise DataError(run / "summary.json", f"line {e.lineno}", None, f"malformed JSON: {e.msg}") from e
     rounds = doc.get("rounds") or []
     per_round = [RunSummary.flatten(r) for r in rounds]
     label = f"{doc.get('name', run.parent.name)}/{doc.get('run_name', run.name)}"
@@ -297,18 +298,37 @@ def environment_ids(runs: list[dict[str, Any]]) -> set[str]:
 
 
 def replication_section(runs: list[dict[str, Any]], outcomes: dict, dirs: list[str], against: list[str]) -> str:
-    """The skills world's intervals and effects of this grid beside those of ``against`` (issue 19, item 6)."""
-    from tapir_exp.skills.compare import outcomes_by_setting, replication, replication_markdown
+    """The skills world's intervals and effects of this grid beside those of ``against`` (issue 19, item 6):
+    run or sweep directories, or report directories that hold a ``skills_outcomes.csv`` (a committed report
+    of a grid whose outputs are on another machine)."""
+    from tapir_exp.skills.compare import (
+        OUTCOMES_CSV,
+        by_position,
+        outcomes_by_setting,
+        read_outcomes,
+        replication,
+        replication_markdown,
+    )
 
-    others = [load(r) for r in find_runs(against)]
+    files = [Path(d) / OUTCOMES_CSV for d in against if (Path(d) / OUTCOMES_CSV).is_file()]
+    run_dirs = [d for d in against if not (Path(d) / OUTCOMES_CSV).is_file()]
+    others = [load(r) for r in find_runs(run_dirs)] if run_dirs else []
     name_settings_by_difference(others)
-    md = replication_markdown(replication(outcomes, outcomes_by_setting(others)), ", ".join(dirs), ", ".join(against))
+    there, there_envs = outcomes_by_setting(others), environment_ids(others)
+    if files:  # items are paired by position within their cell: key both sides so
+        outcomes, there = by_position(outcomes), by_position(there)
+        for f in files:
+            read, envs = read_outcomes(f)
+            for setting, seeds in read.items():
+                there.setdefault(setting, {}).update(seeds)
+            there_envs |= envs
+    md = replication_markdown(replication(outcomes, there), ", ".join(dirs), ", ".join(against))
     if not md:
         return ""
-    here, there = environment_ids(runs), environment_ids(others)
-    shared = "; **both grids have runs of one environment**, whose results should be bytewise equal" if here & there else ""
+    here = environment_ids(runs)
+    shared = "; **both grids have runs of one environment**, whose results should be bytewise equal" if here & there_envs else ""
     return md + (f"- Environments here: {', '.join(sorted(here)) or 'not recorded'}; there: "
-                 f"{', '.join(sorted(there)) or 'not recorded'}{shared}.\n")
+                 f"{', '.join(sorted(there_envs)) or 'not recorded'}{shared}.\n")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -316,7 +336,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("dirs", nargs="+", help="run directories or sweep directories (searched recursively)")
     ap.add_argument("--out", default="report", help="output directory (default: ./report)")
     ap.add_argument("--against", nargs="+", metavar="DIR",
-                    help="another grid of the same settings (e.g. run on another machine): the skills world's "
+                    help="another grid of the same settings (e.g. run on another machine): its run or sweep "
+                         "directories, or a report directory with skills_outcomes.csv; the skills world's "
                          "intervals and effects side by side")
     a = ap.parse_args(argv)
     runs = [load(r) for r in find_runs(a.dirs)]
@@ -327,17 +348,22 @@ def main(argv: list[str] | None = None) -> None:
     pngs = plot(runs, out)
     skills_md, skills_pngs = skills_report(runs, out)
     from tapir_exp.skills.compare import (
+        OUTCOMES_CSV,
         WARMUP,
         differences,
         differences_markdown,
+        environments_by_setting,
         outcomes_by_setting,
         warmup_target,
         warmup_target_markdown,
+        write_outcomes,
     )
 
     # paired differences: from full TAPIR (the pre-registered analysis), then from the warm-up student and
     # from plain distillation on the whole pool (issue 19, item 3); the per-item outcomes are read once
     outcomes = outcomes_by_setting(runs)
+    if outcomes:  # every answer's correctness, so that a grid run elsewhere can be paired with this one
+        write_outcomes(outcomes, out / OUTCOMES_CSV, environments_by_setting(runs))
     for reference in ("skills_tapir", WARMUP, "skills_plain_distill"):
         diff_md = differences_markdown(differences(runs, reference, outcomes), reference)
         if diff_md:

@@ -125,3 +125,9 @@ def test_a_grid_against_itself_repeats_every_answer_in_one_environment(grid, tmp
     rows = [line for line in md.splitlines() if line.startswith("| skills/")]
     assert len(rows) == 2 and all(" | yes | 0 of 36 | " in row for row in rows), rows
     assert "both grids have runs of one environment" in md
+    # and against its committed report (skills_outcomes.csv, what stays of a grid run on another machine):
+    # the same items paired, the same environment named
+    report_main([str(grid / "outputs/skills"), "--out", str(tmp_path / "again"), "--against", str(tmp_path)])
+    again = (tmp_path / "again" / "report.md").read_text().split("## Skills world: replication against", 1)[1]
+    assert [line for line in again.splitlines() if line.startswith("| skills/")] == rows
+    assert "both grids have runs of one environment" in again

@@ -186,3 +186,76 @@ def test_against_a_grid_without_skills_outcomes_says_so(tmp_path, capsys):
     report_main([str(tmp_path / "a"), "--out", str(tmp_path / "out"), "--against", str(tmp_path / "b")])
     assert "none to compare here" in capsys.readouterr().err
     assert "replication against" not in (tmp_path / "out" / "report.md").read_text()
+
+
+def _replication_rows(md: str) -> list[str]:
+    return [line for line in md.split("## Skills world: replication against", 1)[1].splitlines()
+            if line.startswith(("| skills/", "- "))]
+
+
+def test_against_a_committed_report_pairs_every_item_as_against_the_grid_itself(tmp_path):
+    # Issue 19, item 6: a grid's outputs stay on its machine, its report is committed. tapir-report writes every
+    # answer's correctness (skills_outcomes.csv); --against that report directory gives the same comparison,
+    # item by item, as --against the grid's own run directories.
+    from tapir_exp.report import main as report_main
+    from tapir_exp.skills.compare import OUTCOMES_CSV
+
+    grids = {"a": ([0, 1, 1, 0] * 3, [1] * 12), "b": ([1, 1, 0, 0] * 3, [0, 1] * 6)}
+    for name, (tapir, no_balance) in grids.items():
+        root = tmp_path / name / "outputs" / "skills"
+        for seed in (1, 2):
+            write_run(root, "experiment=skills_tapir", seed, {"Math": tapir, "Others": no_balance[:4]},
+                      warm={"Math": no_balance, "Others": tapir[:4]})
+            write_run(root, "experiment=skills_no_balance", seed, {"Math": no_balance, "Others": tapir[:4]})
+    committed = tmp_path / "committed"
+    report_main([str(tmp_path / "b/outputs/skills"), "--out", str(committed)])
+    rows = (committed / OUTCOMES_CSV).read_text().splitlines()
+    assert rows[0] == "setting,seed,environments,task,difficulty,items,correct"
+    assert len(rows) == 1 + 3 * 2 * 2  # warm-up, tapir, no_balance x 2 seeds x 2 cells
+    assert any(r.startswith("skills/experiment=skills_no_balance,1,,Math,1,") and r.endswith(",010101010101")
+               for r in rows)  # instruction order: "Math item 0", "Math item 1", "Math item 10", ...
+
+    report_main([str(tmp_path / "a/outputs/skills"), "--out", str(tmp_path / "r1"),
+                 "--against", str(tmp_path / "b/outputs/skills")])
+    report_main([str(tmp_path / "a/outputs/skills"), "--out", str(tmp_path / "r2"), "--against", str(committed)])
+    by_runs = _replication_rows((tmp_path / "r1" / "report.md").read_text())
+    by_report = _replication_rows((tmp_path / "r2" / "report.md").read_text())
+    assert by_runs == by_report
+    # tapir: Math differs at 2 of every 4 items (6 of 12), Others at 2 of 4; per seed 8 of 16
+    assert any(r.startswith("| skills/experiment=skills_tapir |") and " | 16 of 32 | " in r for r in by_report)
+
+
+def test_outcomes_file_round_trips_and_a_bad_row_names_its_line(tmp_path):
+    from tapir_exp.errors import DataError
+    from tapir_exp.skills.compare import by_position, read_outcomes, write_outcomes
+
+    got = {("Math", 1, "b?"): True, ("Math", 1, "a?"): False, ("Math", 2, "c?"): True, ("Code", 1, "d?"): False}
+    path = tmp_path / "skills_outcomes.csv"
+    write_outcomes({"s": {"1": got}}, path, {("s", "1"): "e2 e1"})
+    read, envs = read_outcomes(path)
+    assert read == by_position({"s": {"1": got}}) and envs == {"e1", "e2"}
+    assert sorted(read["s"]["1"].values()) == sorted(got.values())
+
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(lines[:2] + [lines[2].rsplit(",", 1)[0] + ",01x"] + lines[3:]) + "\n")
+    with pytest.raises(DataError, match=r"skills_outcomes.csv:line 3: field 'correct': expected a non-empty string"):
+        read_outcomes(path)
+    path.write_text("setting,seed\ns,1\n")
+    with pytest.raises(DataError, match=r"line 1: expected the header setting,seed,environments"):
+        read_outcomes(path)
+
+
+def test_malformed_outputs_and_summaries_get_a_one_line_error_with_their_line(tmp_path):
+    from tapir_exp.errors import DataError
+    from tapir_exp.report import load
+    from tapir_exp.skills.compare import outcomes
+
+    write_run(tmp_path, "experiment=skills_tapir", 1, {"Math": [1, 0]})
+    run = tmp_path / "experiment=skills_tapir,seed=1"
+    out = run / "round_1" / "eval" / "skills_outputs.jsonl"
+    out.write_text(out.read_text() + '{"task": "Math"}\n')
+    with pytest.raises(DataError, match=r"skills_outputs.jsonl:line 3: expected a JSON object with task"):
+        outcomes(run, 1)
+    (run / "summary.json").write_text('{"rounds": [}')
+    with pytest.raises(DataError, match=r"summary.json:line 1: malformed JSON"):
+        load(run)

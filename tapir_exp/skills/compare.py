@@ -12,6 +12,8 @@ Inputs are the runs' ``round_R/eval/skills_outputs.jsonl``.
 
 from __future__ import annotations
 
+import csv
+import hashlib
 import json
 import re
 from collections import defaultdict
@@ -22,6 +24,7 @@ from tapir_exp.errors import DataError
 from tapir_exp.stats import paired_difference, wilson
 
 WARMUP = "warm-up (round 0)"
+OUTCOMES_CSV = "skills_outcomes.csv"  # written by tapir-report beside report.md; read by --against
 
 
 def outcomes(run_dir: str | Path, rnd: int) -> dict[tuple[str, int, str], bool]:
@@ -37,7 +40,7 @@ def outcomes(run_dir: str | Path, rnd: int) -> dict[tuple[str, int, str], bool]:
             r = json.loads(line)
             out[(r["task"], int(r["difficulty"]), r["instruction"])] = bool(r["correct"])
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-            raise DataError(path, n, None, f"expected a JSON object with task, difficulty, instruction, correct ({e})") from e
+            raise DataError(path, f"line {n}", None, f"expected a JSON object with task, difficulty, instruction, correct ({e})") from e
     return out
 
 
@@ -72,6 +75,22 @@ def outcomes_by_setting(runs: list[dict[str, Any]],
         if _matches(r["setting"], warmup_from) and has(r, 0):
             by_setting.setdefault(WARMUP, {})[_seed(r)] = outcomes(r["run"], 0)
     return by_setting
+
+
+def environments_by_setting(runs: list[dict[str, Any]],
+                             warmup_from: str = "skills_tapir") -> dict[tuple[str, str], str]:
+    """{(setting, seed): the environment ids its outcomes were computed in}, keyed like
+    ``outcomes_by_setting`` (WARMUP: round 0 of the ``warmup_from`` runs)."""
+    def ids(r: dict[str, Any], rounds: set[int] | None = None) -> str:
+        return " ".join(sorted({x["environment"] for x in r["rounds"]
+                                if x.get("environment") and (rounds is None or x["round"] in rounds)}))
+
+    envs = {}
+    for r in runs:
+        envs[(r["setting"], _seed(r))] = ids(r)
+        if _matches(r["setting"], warmup_from):
+            envs[(WARMUP, _seed(r))] = ids(r, {0})
+    return envs
 
 
 def differences(runs: list[dict[str, Any]], reference: str = "skills_tapir",
@@ -287,3 +306,78 @@ def replication_markdown(rep: dict[str, Any], here: str, there: str) -> str:
         lines.append(f"- {n} paired-difference cells (settings × task families and overall) show an effect {side}; "
                      f"{same} of them show it with the same sign in the other grid, {flipped} with the other sign.")
     return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------------- per-item outcomes as a file
+# A grid's outputs stay on the machine that ran it; its report goes into the repository. So that a grid run
+# elsewhere can be set beside a committed one item by item (``tapir-report GRID --against REPORT_DIR``), the
+# report holds every answer's correctness: one row per setting, seed and (task, difficulty) cell, the cell's
+# items named by a hash of their instructions and their correctness as a 0/1 string in instruction order.
+# (The eval items are drawn by the world's own seeded generator, not by float code, so both grids have the
+# same cells; a cell whose items differ is not paired.)
+
+FIELDS = ["setting", "seed", "environments", "task", "difficulty", "items", "correct"]
+
+
+def _items_hash(instructions: list[str]) -> str:
+    return hashlib.sha256("\n".join(instructions).encode()).hexdigest()[:12]
+
+
+def _cells(got: dict[tuple[str, int, str], bool]) -> dict[tuple[str, int], list[tuple[str, bool]]]:
+    cells: dict[tuple[str, int], list[tuple[str, bool]]] = defaultdict(list)
+    for (task, difficulty, instruction), ok in got.items():
+        cells[(task, difficulty)].append((instruction, ok))
+    return {k: sorted(v) for k, v in sorted(cells.items())}
+
+
+def by_position(by_setting: dict[str, dict[str, dict]]) -> dict[str, dict[str, dict]]:
+    """The same outcomes keyed (task, difficulty, "<items hash>#<position>"), as ``read_outcomes`` keys them."""
+    out: dict[str, dict[str, dict]] = {}
+    for setting, seeds in by_setting.items():
+        for seed, got in seeds.items():
+            keyed = {}
+            for (task, difficulty), items in _cells(got).items():
+                h = _items_hash([i for i, _ in items])
+                keyed.update({(task, difficulty, f"{h}#{n}"): ok for n, (_, ok) in enumerate(items)})
+            out.setdefault(setting, {})[seed] = keyed
+    return out
+
+
+def write_outcomes(by_setting: dict[str, dict[str, dict]], path: str | Path,
+                   environments: dict[tuple[str, str], str] | None = None) -> None:
+    """``by_setting`` (``outcomes_by_setting``) as ``skills_outcomes.csv``; rows sorted, so the same grid
+    writes the same bytes."""
+    environments = environments or {}
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh, lineterminator="\n")
+        w.writerow(FIELDS)
+        for setting in sorted(by_setting, key=lambda s: (s != WARMUP, s)):
+            for seed in sorted(by_setting[setting]):
+                for (task, difficulty), items in _cells(by_setting[setting][seed]).items():
+                    w.writerow([setting, seed, environments.get((setting, seed), ""), task, difficulty,
+                                _items_hash([i for i, _ in items]), "".join("01"[ok] for _, ok in items)])
+
+
+def read_outcomes(path: str | Path) -> tuple[dict[str, dict[str, dict]], set[str]]:
+    """``skills_outcomes.csv`` -> (outcomes keyed as by ``by_position``, the environment ids named in it)."""
+    path = Path(path)
+    by_setting: dict[str, dict[str, dict]] = {}
+    envs: set[str] = set()
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        if reader.fieldnames != FIELDS:
+            raise DataError(path, "line 1", None, f"expected the header {','.join(FIELDS)}")
+        for n, row in enumerate(reader, 2):
+            if None in row or any(row[f] is None for f in FIELDS):
+                raise DataError(path, f"line {n}", None, f"expected {len(FIELDS)} fields ({','.join(FIELDS)})")
+            try:
+                difficulty = int(row["difficulty"])
+            except ValueError:
+                raise DataError(path, f"line {n}", "difficulty", f"expected an integer, got {row['difficulty']!r}") from None
+            if not row["correct"] or set(row["correct"]) - {"0", "1"}:
+                raise DataError(path, f"line {n}", "correct", "expected a non-empty string of 0 and 1")
+            got = by_setting.setdefault(row["setting"], {}).setdefault(row["seed"], {})
+            got.update({(row["task"], difficulty, f"{row['items']}#{i}"): c == "1"
+                        for i, c in enumerate(row["correct"])})
+            envs.update(row["environments"].split())
+    return by_setting, envs
