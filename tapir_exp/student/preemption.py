@@ -8,10 +8,17 @@ one that only records the signal; at the end of the current optimizer step every
 collective is left half-entered), the training checkpoint is saved, and then the handler that was installed
 before is called as if the signal had just arrived: submitit's requeues the job, Python's default exits with
 128 + signal, an ignored signal lets training go on.
+
+When the ranks are child processes of the job's process (``ddp_spawn``), the job's signal reaches that process
+only: its handler passes the signal on to the ranks, which save and stop, and the job's process hands over when
+``fit`` returns or raises (:meth:`PreemptionGuard.pending`). A signal that arrives after the last optimizer step
+is handed over then too, instead of being lost with the handlers.
 """
 
 from __future__ import annotations
 
+import contextlib
+import multiprocessing
 import os
 import signal
 import sys
@@ -48,10 +55,22 @@ class PreemptionGuard(L.Callback):
         self._previous: dict[int, Any] = {}
         self._frame = None
         self._step_seen: int | None = None
+        # set when the strategy starts the ranks as child processes of this one (ddp_spawn): pass signals on
+        self.ranks_are_children = False
+        self._owner = os.getpid()
 
     # ------------------------------------------------------------------ handlers
     def _record(self, signum: int, frame) -> None:
         self.received, self._frame = max(self.received, int(signum)), frame
+        if self.ranks_are_children and os.getpid() == self._owner and self._previous.get(signum) != signal.SIG_IGN:
+            for child in multiprocessing.active_children():  # the ranks (this process runs no data workers)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child.pid, signum)
+
+    def pending(self) -> int:
+        """A signal recorded but not handed over yet (0: none): one this process passed on to its rank
+        processes, or one that arrived after the last optimizer step."""
+        return self.received
 
     def __enter__(self) -> PreemptionGuard:
         if threading.current_thread() is not threading.main_thread() or self._previous:

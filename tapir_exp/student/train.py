@@ -21,6 +21,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
 from omegaconf import DictConfig, OmegaConf
 
 from tapir_exp.distributed import launch_rank
@@ -268,8 +269,15 @@ def _train_round(init_dir: str | Path, conversations: list[list[dict[str, str]]]
                         use_distributed_sampler=False,
                         enable_progress_bar=sys.stderr.isatty(), enable_model_summary=False,
                         default_root_dir=str(work_dir), log_every_n_steps=int(tc.get("log_every_n_steps", 5)))
+    guard.ranks_are_children = isinstance(getattr(trainer.strategy, "launcher", None), _MultiProcessingLauncher)
     with guard:
-        trainer.fit(module, ckpt_path=str(work_dir / CKPT) if resumed_from is not None else None)
+        try:
+            trainer.fit(module, ckpt_path=str(work_dir / CKPT) if resumed_from is not None else None)
+        finally:
+            # a signal this process passed on to its rank processes (they saved, then exited on it), or one
+            # after the last step: the job's handler decides now, before a round's result is written
+            if guard.pending():
+                guard.hand_over(guard.pending())
     try:
         _save_model(module, tok, Path(out_dir), lora, trainer, trainer_cfg)
     finally:
