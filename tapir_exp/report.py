@@ -310,8 +310,12 @@ def replication_section(runs: list[dict[str, Any]], outcomes: dict, dirs: list[s
         replication_markdown,
     )
 
-    files = [Path(d) / OUTCOMES_CSV for d in against if (Path(d) / OUTCOMES_CSV).is_file()]
-    run_dirs = [d for d in against if not (Path(d) / OUTCOMES_CSV).is_file()]
+    files, run_dirs = [], []
+    for d in against:
+        if (Path(d) / OUTCOMES_CSV).is_file():
+            files.append(Path(d) / OUTCOMES_CSV)
+        else:
+            run_dirs.append(d)
     others = [load(r) for r in find_runs(run_dirs)] if run_dirs else []
     name_settings_by_difference(others)
     there, there_envs = outcomes_by_setting(others), environment_ids(others)

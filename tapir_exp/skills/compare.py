@@ -323,24 +323,21 @@ def _items_hash(instructions: list[str]) -> str:
     return hashlib.sha256("\n".join(instructions).encode()).hexdigest()[:12]
 
 
-def _cells(got: dict[tuple[str, int, str], bool]) -> dict[tuple[str, int], list[tuple[str, bool]]]:
+def _cells(got: dict[tuple[str, int, str], bool]) -> list[tuple[str, int, str, list[bool]]]:
+    """(task, difficulty, hash of the cell's instructions, correctness in instruction order), cells sorted."""
     cells: dict[tuple[str, int], list[tuple[str, bool]]] = defaultdict(list)
-    for (task, difficulty, instruction), ok in got.items():
+    for (task, difficulty, instruction), ok in sorted(got.items()):
         cells[(task, difficulty)].append((instruction, ok))
-    return {k: sorted(v) for k, v in sorted(cells.items())}
+    return [(task, difficulty, _items_hash([i for i, _ in items]), [ok for _, ok in items])
+            for (task, difficulty), items in sorted(cells.items())]
 
 
 def by_position(by_setting: dict[str, dict[str, dict]]) -> dict[str, dict[str, dict]]:
     """The same outcomes keyed (task, difficulty, "<items hash>#<position>"), as ``read_outcomes`` keys them."""
-    out: dict[str, dict[str, dict]] = {}
-    for setting, seeds in by_setting.items():
-        for seed, got in seeds.items():
-            keyed = {}
-            for (task, difficulty), items in _cells(got).items():
-                h = _items_hash([i for i, _ in items])
-                keyed.update({(task, difficulty, f"{h}#{n}"): ok for n, (_, ok) in enumerate(items)})
-            out.setdefault(setting, {})[seed] = keyed
-    return out
+    return {setting: {seed: {(task, difficulty, f"{h}#{n}"): ok
+                             for task, difficulty, h, oks in _cells(got) for n, ok in enumerate(oks)}
+                      for seed, got in seeds.items()}
+            for setting, seeds in by_setting.items()}
 
 
 def write_outcomes(by_setting: dict[str, dict[str, dict]], path: str | Path,
@@ -353,9 +350,9 @@ def write_outcomes(by_setting: dict[str, dict[str, dict]], path: str | Path,
         w.writerow(FIELDS)
         for setting in sorted(by_setting, key=lambda s: (s != WARMUP, s)):
             for seed in sorted(by_setting[setting]):
-                for (task, difficulty), items in _cells(by_setting[setting][seed]).items():
-                    w.writerow([setting, seed, environments.get((setting, seed), ""), task, difficulty,
-                                _items_hash([i for i, _ in items]), "".join("01"[ok] for _, ok in items)])
+                for task, difficulty, h, oks in _cells(by_setting[setting][seed]):
+                    w.writerow([setting, seed, environments.get((setting, seed), ""), task, difficulty, h,
+                                "".join("01"[ok] for ok in oks)])
 
 
 def read_outcomes(path: str | Path) -> tuple[dict[str, dict[str, dict]], set[str]]:
