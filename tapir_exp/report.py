@@ -116,7 +116,7 @@ def write_tables(runs: list[dict[str, Any]], out: Path) -> None:
     (out / "report.md").write_text(
         "# tapir-report\n\nLast round; runs that differ only in their seed are one setting: mean over seeds ± the "
         "half-width of its 95 % interval (Student t). Each run: runs.csv.\n\n" + "\n".join(lines) + "\n"
-        + protocols_section(runs) + environments_section(runs))
+        + protocols_section(runs) + bases_section(runs) + environments_section(runs))
 
 
 def protocols_section(runs: list[dict[str, Any]]) -> str:
@@ -129,6 +129,37 @@ def protocols_section(runs: list[dict[str, Any]]) -> str:
         for suite, line in describe((r["rounds"][-1].get("eval") or {}) if r["rounds"] else {}).items():
             lines.append(f"- {r['label']} {suite}: {line}")
     return "\n## Evaluation protocols\n\n" + "\n".join(lines) + "\n" if lines else ""
+
+
+def bases_section(runs: list[dict[str, Any]]) -> str:
+    """The pre-trained skills bases the runs started from (``round_0/student_init`` with a ``pretrain.json``):
+    bases of one key built on two machines differ, and every setting of a grid moves with its base, so two grids
+    are comparable setting by setting only when this table shows the same weights (docs/skills_world.md)."""
+    import hashlib
+
+    from tapir_exp.files import stable_hash
+
+    seen: dict[str, list[Any]] = {}
+    for r in runs:
+        init = Path(r["run"]) / "round_0" / "student_init"
+        record, weights = init / "pretrain.json", init / "model.safetensors"
+        if not (record.is_file() and weights.is_file()):
+            continue
+        try:
+            doc = json.loads(record.read_text())
+            key = {k: doc[k] for k in ("arch", "train", "format")}
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise DataError(record, None, "arch/train/format", f"expected the base's pre-training record ({e})") from e
+        sha = hashlib.sha256(weights.read_bytes()).hexdigest()[:12]
+        losses = doc.get("losses") or [None]
+        seen.setdefault(sha, [f"skills-base-{stable_hash(key)[:12]}", losses[-1], set()])[2].add(r["label"])
+    if not seen:
+        return ""
+    rows = [f"| {sha} | {len(labels)} | {name} | {loss} |" for sha, (name, loss, labels) in sorted(seen.items())]
+    return ("\n## Bases\n\nThe pre-trained student every run started from (`round_0/student_init`). One key "
+            "built on two machines gives two bases, and a grid's settings all move with theirs: compare settings "
+            "across grids only between runs of one base.\n\n| weights sha256 | runs | key | last pre-training "
+            "loss |\n|---|---|---|---|\n" + "\n".join(rows) + "\n")
 
 
 def environments_section(runs: list[dict[str, Any]]) -> str:

@@ -87,6 +87,11 @@ def test_two_settings_two_seeds_report_and_wandb_groups(grid):
     assert env["cpu"] == cpu_model() and env["torch"].startswith("2.13") and env["torch_threads"] >= 1
     assert "## Environments" in md and f"| 4 | {env['cpu']} |" in md and env["packages_hash"] in md
     assert "| skills/steps.refine.enabled=true | 2 | 1 |" in md.lower() and " ± " in md
+    # and the one pre-trained base all four runs started from (the grid's shrunk base, built once)
+    import hashlib
+
+    shas = {hashlib.sha256((r / "round_0/student_init/model.safetensors").read_bytes()).hexdigest()[:12] for r in runs}
+    assert len(shas) == 1 and f"| {shas.pop()} | 4 | skills-base-" in md.split("## Bases", 1)[1]
     with open(out / "runs.csv") as fh:
         assert len(list(csv.DictReader(fh))) == 4  # every run on its own too
     assert (out / "train_final_loss.png").stat().st_size > 10_000

@@ -66,6 +66,9 @@ def test_wheel_ships_the_config_tree(installed):
         shipped = {str(p.relative_to(REPO)) for p in (REPO / tree).rglob("*.yaml")}
         assert shipped and {f"tapir_exp/{p}" for p in shipped} <= names, tree
     assert "hydra_plugins/tapir_exp_searchpath/__init__.py" in names
+    # the skills world's shipped base: an installed student=skills_base starts from it, as a source checkout does
+    base = {str(p.relative_to(REPO)) for p in (REPO / "tapir_exp/resources/skills_base").rglob("*") if p.is_file()}
+    assert any(p.endswith("model.safetensors") for p in base) and base <= names
 
 
 def test_installed_package_is_not_the_source_tree(installed):

@@ -7,6 +7,12 @@ order, single process. Rebuild by hand with::
 
     python -m tapir_exp.skills.base [hydra overrides]      # e.g. student.init.steps=3000
 
+The base of the default config is also shipped with the package (``tapir_exp/resources/skills_base``, 3.3 MB):
+the build is bytewise the same on one machine and environment, but another CPU pre-trains another draw of
+it, and a base is one draw shared by every seed of a grid, so no interval of the grid contains that
+variation (docs/skills_world.md, "The grid on a second machine"). With ``shipped: true`` (the default) a run
+whose key matches the shipped base starts from it on every machine; ``shipped: false`` pre-trains here.
+
 Pre-training is plain next-character prediction over "pages" of facts (tapir_exp/skills/corpus.py), with no
 chat turns and no "Answer:" lines: the run's warm-up then teaches the instruction format on top of skills the
 model already has.
@@ -18,13 +24,18 @@ import json
 import logging
 import math
 import random
+import shutil
 import time
 from pathlib import Path
 from typing import Any
 
+from tapir_exp.errors import DataError
 from tapir_exp.files import atomic_dir, stable_hash
 
 log = logging.getLogger(__name__)
+
+# Bases shipped with the package, one directory per key (skills-base-<hash>), as `build` writes them.
+SHIPPED_DIR = Path(__file__).resolve().parent.parent / "resources" / "skills_base"
 
 
 class SkillsBaseInit:
@@ -32,7 +43,8 @@ class SkillsBaseInit:
                  num_hidden_layers: int = 2, num_attention_heads: int = 4, max_position_embeddings: int = 512,
                  facts: int = 60000, addition_table: int = 0, steps: int = 2000, batch_size: int = 32,
                  seq_len: int = 256, lr: float = 3e-3, warmup_steps: int = 100, threads: int = 1, seed: int = 0,
-                 heldout_seed: int = 1234, heldout_per_cell: int = 10):
+                 heldout_seed: int = 1234, heldout_per_cell: int = 10, shipped: bool = True):
+        self.shipped = shipped  # not in the key: it says where the bytes come from, not what the model is
         self.cache_dir = Path(cache_dir or Path.home() / ".cache" / "tapir" / "models")
         self.arch = dict(hidden_size=hidden_size, intermediate_size=intermediate_size,
                          num_hidden_layers=num_hidden_layers, num_attention_heads=num_attention_heads,
@@ -51,16 +63,35 @@ class SkillsBaseInit:
     def key(self) -> dict[str, Any]:
         return {"arch": self.arch, "train": self.train, "format": self.FORMAT}
 
+    @property
+    def name(self) -> str:
+        return f"skills-base-{stable_hash(self.key)[:12]}"
+
     def path(self) -> Path:
-        return self.cache_dir / f"skills-base-{stable_hash(self.key)[:12]}"
+        return self.cache_dir / self.name
+
+    def shipped_path(self) -> Path | None:
+        """The base shipped with the package for this key, if there is one and ``shipped`` is on."""
+        src = SHIPPED_DIR / self.name
+        if not self.shipped or not (src / "config.json").is_file():
+            return None
+        recorded = json.loads((src / "pretrain.json").read_text())
+        if {k: recorded.get(k) for k in self.key} != json.loads(json.dumps(self.key)):
+            raise DataError(str(src / "pretrain.json"), None, "arch/train/format",
+                            f"expected the key named by {self.name} (re-ship: python -m tapir_exp.skills.base --ship)")
+        return src
 
     def __call__(self, out_dir: str | Path, corpus: list[str] | None = None, chat_template: str | None = None) -> None:
         from tapir_exp.student.models import link_tree
 
-        link_tree(self.build(), Path(out_dir))
+        src = self.shipped_path()
+        if src is not None:  # copied, not hard-linked: nothing a run does may reach the package's files
+            shutil.copytree(src, Path(out_dir), dirs_exist_ok=True)
+        else:
+            link_tree(self.build(), Path(out_dir))
 
     def build(self, force: bool = False) -> Path:
-        """The cached base model directory (pre-trained now if missing or ``force``)."""
+        """The base model directory pre-trained on this machine, cached (pre-trained now if missing or ``force``)."""
         out = self.path()
         if (out / "config.json").is_file() and not force:
             return out
@@ -134,7 +165,10 @@ class SkillsBaseInit:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Rebuild the base of ``student=skills_base`` (composed like a run: ``experiment=skills_tapir`` + overrides)."""
+    """Rebuild the base of ``student=skills_base`` (composed like a run: ``experiment=skills_tapir`` + overrides).
+
+    ``--ship`` then makes the new build the package's shipped base (replacing any other shipped base).
+    """
     import sys
 
     from hydra import compose, initialize_config_dir
@@ -143,15 +177,27 @@ def main(argv: list[str] | None = None) -> None:
     from tapir_exp.config import packaged_dir  # also registers the resolvers
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    overrides = list(sys.argv[1:] if argv is None else argv)
+    args = list(sys.argv[1:] if argv is None else argv)
+    ship = "--ship" in args
+    overrides = [a for a in args if a != "--ship"]
     with initialize_config_dir(config_dir=str(packaged_dir("conf")), version_base="1.3"):
         cfg = compose("tapir", overrides=["experiment=skills_tapir", *overrides], return_hydra_config=False)
+    from tapir_exp.skills.base import SHIPPED_DIR
     from tapir_exp.skills.base import SkillsBaseInit as Base  # this module's class, also under `python -m`
 
     init = instantiate(cfg.student.init)
     if not isinstance(init, Base):
         raise SystemExit(f"student.init is {type(init).__name__}, not SkillsBaseInit (use student=skills_base)")
-    print(init.build(force=True))
+    out = init.build(force=True)
+    print(out)
+    shipped = SHIPPED_DIR / init.name
+    if ship:
+        shutil.rmtree(SHIPPED_DIR, ignore_errors=True)
+        shutil.copytree(out, shipped)
+        print(f"shipped: {shipped}")
+    elif (shipped / "model.safetensors").is_file():
+        same = (shipped / "model.safetensors").read_bytes() == (out / "model.safetensors").read_bytes()
+        print(f"the same weights as the shipped base: {'yes' if same else 'no (another machine or environment)'}")
 
 
 if __name__ == "__main__":
