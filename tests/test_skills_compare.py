@@ -259,3 +259,24 @@ def test_malformed_outputs_and_summaries_get_a_one_line_error_with_their_line(tm
     (run / "summary.json").write_text('{"rounds": [}')
     with pytest.raises(DataError, match=r"summary.json:line 1: malformed JSON"):
         load(run)
+
+
+def test_each_row_names_the_environments_of_the_rounds_its_answers_depend_on(tmp_path):
+    # the warm-up row is round 0 of the TAPIR runs: only round 0's environment; a setting's row is its last round,
+    # trained through every round before it
+    from tapir_exp.report import find_runs, load
+    from tapir_exp.skills.compare import environments_by_setting, outcomes_by_setting
+
+    root = tmp_path / "skills"
+    write_run(root, "experiment=skills_tapir", 1, {"Math": [1]}, warm={"Math": [0]})
+    write_run(root, "experiment=skills_no_balance", 1, {"Math": [0]})
+    for run, envs in (("experiment=skills_tapir,seed=1", ["e0", "e1"]), ("experiment=skills_no_balance,seed=1", ["e2", "e2"])):
+        summary = json.loads((root / run / "summary.json").read_text())
+        for rec, env in zip(summary["rounds"], envs, strict=True):
+            rec["environment"] = env
+        (root / run / "summary.json").write_text(json.dumps(summary))
+    runs = [load(r) for r in find_runs([str(root)])]
+    envs = environments_by_setting(runs)
+    assert envs == {(WARMUP, "1"): "e0", ("skills/experiment=skills_tapir", "1"): "e0 e1",
+                    ("skills/experiment=skills_no_balance", "1"): "e2"}
+    assert set(envs) == {(s, seed) for s, by_seed in outcomes_by_setting(runs).items() for seed in by_seed}

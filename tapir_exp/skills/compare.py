@@ -17,6 +17,7 @@ import hashlib
 import json
 import re
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -57,40 +58,36 @@ def _matches(setting: str, experiment: str) -> bool:
     return re.search(rf"(?:^|[/,])experiment={re.escape(experiment)}(?:,|$)", setting) is not None
 
 
-def outcomes_by_setting(runs: list[dict[str, Any]],
-                        warmup_from: str = "skills_tapir") -> dict[str, dict[str, dict]]:
-    """{setting: {seed: outcomes of the run's last round}}, plus WARMUP: round 0 of the ``warmup_from`` runs
-    (every setting of a seed starts from that student). Runs without their per-item eval outputs
-    (``skills_outputs.jsonl``) are left out."""
-    def has(r: dict[str, Any], k: int) -> bool:
-        return (Path(r["run"]) / f"round_{k}" / "eval" / "skills_outputs.jsonl").is_file()
-
-    by_setting: dict[str, dict[str, dict]] = {}
+def _rows(runs: list[dict[str, Any]], warmup_from: str) -> Iterator[tuple[str, str, dict[str, Any], int]]:
+    """(setting, seed, run, round) of every row a grid's outcomes have: each run's last round under its setting,
+    and round 0 of the ``warmup_from`` runs under WARMUP (every setting of a seed starts from that student)."""
     for r in runs:
         if not r["rounds"]:
             continue
-        last = max(x["round"] for x in r["rounds"])
-        if has(r, last):
-            by_setting.setdefault(r["setting"], {})[_seed(r)] = outcomes(r["run"], last)
-        if _matches(r["setting"], warmup_from) and has(r, 0):
-            by_setting.setdefault(WARMUP, {})[_seed(r)] = outcomes(r["run"], 0)
+        seed = _seed(r)
+        yield r["setting"], seed, r, max(x["round"] for x in r["rounds"])
+        if _matches(r["setting"], warmup_from):
+            yield WARMUP, seed, r, 0
+
+
+def outcomes_by_setting(runs: list[dict[str, Any]],
+                        warmup_from: str = "skills_tapir") -> dict[str, dict[str, dict]]:
+    """{setting: {seed: outcomes of the run's last round}}, plus WARMUP (``_rows``). Runs without their per-item
+    eval outputs (``skills_outputs.jsonl``) are left out."""
+    by_setting: dict[str, dict[str, dict]] = {}
+    for setting, seed, r, k in _rows(runs, warmup_from):
+        if (Path(r["run"]) / f"round_{k}" / "eval" / "skills_outputs.jsonl").is_file():
+            by_setting.setdefault(setting, {})[seed] = outcomes(r["run"], k)
     return by_setting
 
 
 def environments_by_setting(runs: list[dict[str, Any]],
                              warmup_from: str = "skills_tapir") -> dict[tuple[str, str], str]:
-    """{(setting, seed): the environment ids its outcomes were computed in}, keyed like
-    ``outcomes_by_setting`` (WARMUP: round 0 of the ``warmup_from`` runs)."""
-    def ids(r: dict[str, Any], rounds: set[int] | None = None) -> str:
-        return " ".join(sorted({x["environment"] for x in r["rounds"]
-                                if x.get("environment") and (rounds is None or x["round"] in rounds)}))
-
-    envs = {}
-    for r in runs:
-        envs[(r["setting"], _seed(r))] = ids(r)
-        if _matches(r["setting"], warmup_from):
-            envs[(WARMUP, _seed(r))] = ids(r, {0})
-    return envs
+    """{(setting, seed): the environment ids of the rounds up to the one its outcomes come from}, keyed like
+    ``outcomes_by_setting``."""
+    return {(setting, seed): " ".join(sorted({x["environment"] for x in r["rounds"]
+                                              if x.get("environment") and x["round"] <= k}))
+            for setting, seed, r, k in _rows(runs, warmup_from)}
 
 
 def differences(runs: list[dict[str, Any]], reference: str = "skills_tapir",
