@@ -138,6 +138,9 @@ def test_a_shipped_base_whose_record_disagrees_with_its_name_is_refused(tmp_path
     monkeypatch.setattr(base, "SHIPPED_DIR", fake.parent)
     with pytest.raises(DataError, match=r"pretrain\.json: field 'arch/train/format': expected the key named by"):
         init(tmp_path / "student")
+    (fake / "pretrain.json").write_text('{"arch": ')
+    with pytest.raises(DataError, match=r"pretrain\.json: expected the base's pre-training record"):
+        init(tmp_path / "student")
     assert not (tmp_path / "student").exists()
 
 

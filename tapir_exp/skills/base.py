@@ -75,8 +75,11 @@ class SkillsBaseInit:
         src = SHIPPED_DIR / self.name
         if not self.shipped or not (src / "config.json").is_file():
             return None
-        recorded = json.loads((src / "pretrain.json").read_text())
-        if {k: recorded.get(k) for k in self.key} != json.loads(json.dumps(self.key)):
+        try:
+            recorded = json.loads((src / "pretrain.json").read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise DataError(str(src / "pretrain.json"), None, None, f"expected the base's pre-training record ({e})") from e
+        if not isinstance(recorded, dict) or {k: recorded.get(k) for k in self.key} != json.loads(json.dumps(self.key)):
             raise DataError(str(src / "pretrain.json"), None, "arch/train/format",
                             f"expected the key named by {self.name} (re-ship: python -m tapir_exp.skills.base --ship)")
         return src
