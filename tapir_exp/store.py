@@ -119,8 +119,15 @@ class RunStore:
         atomic_write_json(self.root / self.MANIFEST, {"steps": [e.__dict__ for e in steps]})
 
     def _clean_temporaries(self) -> None:
-        """Remove leftovers of writes interrupted by a kill (they were never renamed into place)."""
+        """Remove leftovers of writes interrupted by a kill (they were never renamed into place).
+
+        Not the run config's snapshot nor Hydra's files: every rank of a multi-process job writes those
+        (``task.setup_run_dir``) while the leader opens its store, so a temporary there may be another rank's
+        write in flight (removing it failed that rank's rename)."""
         for p in self.root.rglob(".*.tmp"):
+            rel = p.relative_to(self.root).parts
+            if rel[0] == ".hydra" or (len(rel) == 1 and p.name.startswith(".config.")):
+                continue
             if p.is_dir():
                 shutil.rmtree(p, ignore_errors=True)
             else:

@@ -78,6 +78,24 @@ def test_sigkill_mid_write_never_leaves_a_partial_file(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
+def test_the_leader_leaves_the_writes_every_rank_makes_at_start_alone(tmp_path):
+    # every rank of a multi-process job writes the config snapshot and redacts Hydra's files while the leader
+    # opens its store: a temporary there may be another rank's write in flight (deleting it made that rank's
+    # rename fail, tests/test_multiprocess_job.py). A step's temporaries are the leader's own, left by a kill.
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / "round_0").mkdir()
+    in_flight = [tmp_path / ".hydra" / ".config.yaml.ab12.tmp", tmp_path / ".config.yaml.cd34.tmp",
+                 tmp_path / ".config.plan.yaml.ef56.tmp"]
+    stale = [tmp_path / "round_0" / ".pool.jsonl.gh78.tmp", tmp_path / ".manifest.json.ij90.tmp",
+             tmp_path / "round_0" / ".hydra.jsonl.kl12.tmp"]
+    for f in in_flight + stale:
+        f.write_text("partial")
+    RunStore(tmp_path, rank=1)  # a follower removes nothing
+    assert all(f.exists() for f in in_flight + stale)
+    RunStore(tmp_path)
+    assert all(f.exists() for f in in_flight) and not any(f.exists() for f in stale)
+
+
 # --------------------------------------------------------------------------- resume without reading artifacts
 
 def rchar() -> int:
