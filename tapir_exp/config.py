@@ -154,22 +154,34 @@ def redact_hydra_outputs(run_dir: str | Path) -> None:
         return
     for path in hydra_dir.glob("*.yaml"):
         text = path.read_text(encoding="utf-8")
-        new = _redact_text(text)
+        new = redact_text(text)
         if new != text:
             atomic_write_text(path, new)
 
 
-_INLINE = re.compile(r"((?:api[_-]?key|token|secret|password)[A-Za-z_]*\s*[=:]\s*)([^\s,'\"}\]]+)", re.IGNORECASE)
+# `key=value` (an override) or `key: value` (YAML) in Hydra's own files. The key decides, by the rule the
+# structured config uses (`secret_key`): `max_new_tokens=12` is a setting, `hf_token=...` a credential. A match
+# consumes only the key and its separator, so a value that holds overrides itself (`override_dirname: a=1,
+# b.api_key=...`, a path named after them) is searched too. A YAML value is quoted or runs to the end of its
+# line (`authorization: Bearer x`) and is replaced by a quoted REDACTED: a bare `***...` is a YAML alias.
+_INLINE_KEY = re.compile(r"[+~]*[A-Za-z_][\w.\-/]*[ \t]*[=:][ \t]*")
+_QUOTED = r"'[^'\n]*'|\"[^\"\n]*\""
+_INLINE_VALUE = {"=": re.compile(rf"{_QUOTED}|[^\s,'\"}}\]]+"), ":": re.compile(rf"{_QUOTED}|[^\n,}}\]]*[^\s,}}\]]")}
 
 
-def _redact_text(text: str) -> str:
-    def sub(m: re.Match) -> str:
-        value = m.group(2)
-        if value in _NOT_SECRET or value.startswith("${"):
-            return m.group(0)
-        return m.group(1) + REDACTED
-
-    text = _INLINE.sub(sub, text)
+def redact_text(text: str) -> str:
+    out, pos = [], 0
+    for m in _INLINE_KEY.finditer(text):
+        if m.start() < pos:
+            continue
+        sep = "=" if "=" in m.group(0) else ":"
+        key = m.group(0).rstrip("=: \t").lstrip("+~")
+        value = _INLINE_VALUE[sep].match(text, m.end())
+        bare = value.group(0).strip("'\"") if value else None
+        if value and secret_key(key) and bare not in _NOT_SECRET and not bare.startswith("${"):
+            out += [text[pos:m.end()], REDACTED if sep == "=" and value.group(0)[0] not in "'\"" else f"'{REDACTED}'"]
+            pos = value.end()
+    text = "".join(out) + text[pos:]
     return re.sub(r"sk-[A-Za-z0-9_\-]{8,}|hf_[A-Za-z0-9]{8,}", REDACTED, text)
 
 

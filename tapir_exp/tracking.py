@@ -13,11 +13,14 @@ seed - as ``job_type``, so W&B's grouping shows seed means per setting.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import logging
 import os
 import re
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -178,6 +181,19 @@ class CSVTracker(NullTracker):
             w.writerows(rows)
 
 
+@contextlib.contextmanager
+def redacted_argv() -> Iterator[None]:
+    """``sys.argv`` with every credential redacted (``config.redact_text``) for the duration of the block."""
+    from tapir_exp.config import redact_text
+
+    saved = sys.argv[:]
+    sys.argv[1:] = [redact_text(a) for a in saved[1:]]
+    try:
+        yield
+    finally:
+        sys.argv[:] = saved
+
+
 class WandbTracker(NullTracker):
     """One W&B run per pipeline run. ``mode=null``: online when ``WANDB_API_KEY`` is set, offline otherwise
     (never prompts). The config it receives is already redacted."""
@@ -191,11 +207,13 @@ class WandbTracker(NullTracker):
         cfg = run_config or {}
         run_id = "tapir-" + stable_hash(str(Path(run_dir).resolve()))[:16]
         seed = cfg.get("seed")
-        self.run = wandb.init(project=project, entity=entity, mode=mode, id=run_id, resume="allow",
-                              name=f"{cfg.get('name', 'tapir')}/{cfg.get('run_name', 'default')}",
-                              group=group or cfg.get("name"), job_type=setting_of(str(cfg.get("run_name", "default")), job_overrides()),
-                              tags=[*(tags or []), *([f"seed={seed}"] if seed is not None else [])], config=cfg,
-                              dir=str(run_dir), settings=wandb.Settings(silent=True, console="off"))
+        with redacted_argv():  # W&B's metadata records the command line, a credential given there included
+            self.run = wandb.init(
+                project=project, entity=entity, mode=mode, id=run_id, resume="allow",
+                name=f"{cfg.get('name', 'tapir')}/{cfg.get('run_name', 'default')}",
+                group=group or cfg.get("name"), job_type=setting_of(str(cfg.get("run_name", "default")), job_overrides()),
+                tags=[*(tags or []), *([f"seed={seed}"] if seed is not None else [])], config=cfg,
+                dir=str(run_dir), settings=wandb.Settings(silent=True, console="off"))
         self._wandb = wandb
         self.run.define_metric("round")
         self.run.define_metric("train_step/progress")

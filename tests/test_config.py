@@ -178,6 +178,49 @@ def test_api_key_never_written(tmp_path, monkeypatch):
             assert secret not in f.read_text(errors="ignore"), f  # ... but no file on disk
 
 
+def test_hydras_own_files_lose_the_secrets_given_on_the_command_line_and_keep_every_setting(tmp_path):
+    # Hydra writes .hydra/{overrides,hydra,config}.yaml itself, with the command line verbatim; the run rewrites
+    # them redacted. Only credentials go: `generation.max_new_tokens=12` is a setting (the report names a sweep's
+    # settings from overrides.yaml), and it used to be redacted as if "tokens" were a token.
+    import subprocess
+    import sys
+
+    import yaml
+
+    key, hf = "sk-abcdefSECRET0123", "hfsecretvalue42"
+    r = subprocess.run([sys.executable, "-m", "tapir_exp.cli", "mode=plan", "oracle=openai", "logger=none",
+                        f"oracle.backends.openai.api_key={key}", "generation.max_new_tokens=12",
+                        f"+student.init.hf_token={hf}"], cwd=tmp_path, capture_output=True, text=True,
+                       env={**os.environ, "TAPIR_ROOT": str(tmp_path), "HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    (run,) = [p.parent for p in (tmp_path / "outputs").glob("*/*/.hydra")]
+    for f in run.rglob("*"):
+        if f.is_file():
+            assert key not in f.read_text() and hf not in f.read_text(), f
+    overrides = yaml.safe_load((run / ".hydra/overrides.yaml").read_text())
+    assert "generation.max_new_tokens=12" in overrides
+    assert {"oracle.backends.openai.api_key=***REDACTED***", "+student.init.hf_token=***REDACTED***"} <= set(overrides)
+    saved = yaml.safe_load((run / ".hydra/config.yaml").read_text())
+    assert saved["generation"]["max_new_tokens"] == 12 and saved["oracle"]["backends"]["openai"]["api_key"] == "***REDACTED***"
+    assert saved["oracle"]["roles"]["teacher"]["max_tokens"] > 0
+    runtime = yaml.safe_load((run / ".hydra/hydra.yaml").read_text())["hydra"]["runtime"]
+    assert runtime["output_dir"] == str(run)  # a path named after the overrides stays the path
+
+
+def test_inline_redaction_decides_by_the_key():
+    from tapir_exp.config import redact_text
+
+    text = ("override_dirname: a=1,b.api_key=abc123,generation.max_new_tokens=12\n"
+            "pad_token: <pad>\nhf_token: xyz\nauthorization: Bearer q1w2e3\n"
+            "api_key: ${oc.env:OPENAI_API_KEY,EMPTY}\nWANDB_API_KEY=w4nd8\nsecret:\n  nested: kept\n"
+            "password: 'p a s s'\n- +x.token=\"t0k\"\n")
+    assert redact_text(text) == (
+        "override_dirname: a=1,b.api_key=***REDACTED***,generation.max_new_tokens=12\n"
+        "pad_token: <pad>\nhf_token: '***REDACTED***'\nauthorization: '***REDACTED***'\n"
+        "api_key: ${oc.env:OPENAI_API_KEY,EMPTY}\nWANDB_API_KEY=***REDACTED***\nsecret:\n  nested: kept\n"
+        "password: '***REDACTED***'\n- +x.token='***REDACTED***'\n")
+
+
 def test_tokenizer_special_tokens_are_settings_not_secrets(tmp_path, monkeypatch):
     # "token" ends both a credential's key (hf_token) and a tokenizer setting's (pad_token): only the first is
     # redacted on disk and left out of the run name

@@ -43,6 +43,25 @@ def test_wandb_offline_resumes_same_run(tmp_path, monkeypatch):
     assert rows == [{"step": 0, "round/mean_mfd": 0.5, "note": "text is skipped"}]
 
 
+def test_a_credential_on_the_command_line_never_reaches_the_wandb_run(tmp_path, monkeypatch):
+    # W&B's metadata records sys.argv; a key given as an override (`oracle.backends.openai.api_key=...`) would
+    # be in the run file and on the server after a sync
+    import sys
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    argv = ["tapir", "oracle.backends.openai.api_key=sk-SECRETxyz0123", "+student.init.hf_token=hftok4567",
+            "generation.max_new_tokens=12"]
+    monkeypatch.setattr(sys, "argv", list(argv))
+    t = WandbTracker(str(tmp_path), {"name": "t", "run_name": "r"}, project="tapir-test")
+    t.log_metrics({"round/mean_mfd": 0.5}, step=0)
+    t.finish()
+    assert sys.argv == argv  # given back as it was
+    (run_file,) = (tmp_path / "wandb").glob("offline-run-*/run-*.wandb")
+    data = run_file.read_bytes()
+    assert b"generation.max_new_tokens=12" in data  # the command line is there ...
+    assert b"SECRETxyz" not in data and b"hftok4567" not in data  # ... without its credentials
+
+
 def test_csv_tracker_one_row_per_round(tmp_path):
     t = CSVTracker(str(tmp_path))
     t.log_metrics({"a": 1}, step=0)
