@@ -137,7 +137,7 @@ def bases_section(runs: list[dict[str, Any]]) -> str:
     are comparable setting by setting only when this table shows the same weights (docs/skills_world.md)."""
     import hashlib
 
-    from tapir_exp.files import stable_hash
+    from tapir_exp.skills.base import base_name, read_record
 
     seen: dict[str, list[Any]] = {}
     for r in runs:
@@ -145,14 +145,10 @@ def bases_section(runs: list[dict[str, Any]]) -> str:
         record, weights = init / "pretrain.json", init / "model.safetensors"
         if not (record.is_file() and weights.is_file()):
             continue
-        try:
-            doc = json.loads(record.read_text())
-            key = {k: doc[k] for k in ("arch", "train", "format")}
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise DataError(record, None, "arch/train/format", f"expected the base's pre-training record ({e})") from e
+        key, doc = read_record(record)
         sha = hashlib.sha256(weights.read_bytes()).hexdigest()[:12]
         losses = doc.get("losses") or [None]
-        seen.setdefault(sha, [f"skills-base-{stable_hash(key)[:12]}", losses[-1], set()])[2].add(r["label"])
+        seen.setdefault(sha, [base_name(key), losses[-1], set()])[2].add(r["label"])
     if not seen:
         return ""
     rows = [f"| {sha} | {len(labels)} | {name} | {loss} |" for sha, (name, loss, labels) in sorted(seen.items())]

@@ -36,6 +36,25 @@ log = logging.getLogger(__name__)
 
 # Bases shipped with the package, one directory per key (skills-base-<hash>), as `build` writes them.
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "resources" / "skills_base"
+# what defines a base (SkillsBaseInit.key), as its pre-training record (pretrain.json) holds it
+KEY_FIELDS = ("arch", "train", "format")
+
+
+def base_name(key: dict[str, Any]) -> str:
+    """The directory name of the base with this key (in the cache and among the shipped bases)."""
+    return f"skills-base-{stable_hash(key)[:12]}"
+
+
+def read_record(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(key, whole record) of a base's pre-training record; the one-line error when it cannot be read."""
+    try:
+        record = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise DataError(str(path), None, None, f"expected the base's pre-training record ({e})") from e
+    try:
+        return {k: record[k] for k in KEY_FIELDS}, record
+    except (KeyError, TypeError) as e:
+        raise DataError(str(path), None, "/".join(KEY_FIELDS), f"expected the base's pre-training record ({e})") from e
 
 
 class SkillsBaseInit:
@@ -61,11 +80,11 @@ class SkillsBaseInit:
 
     @property
     def key(self) -> dict[str, Any]:
-        return {"arch": self.arch, "train": self.train, "format": self.FORMAT}
+        return dict(zip(KEY_FIELDS, (self.arch, self.train, self.FORMAT), strict=True))
 
     @property
     def name(self) -> str:
-        return f"skills-base-{stable_hash(self.key)[:12]}"
+        return base_name(self.key)
 
     def path(self) -> Path:
         return self.cache_dir / self.name
@@ -75,12 +94,9 @@ class SkillsBaseInit:
         src = SHIPPED_DIR / self.name
         if not self.shipped or not (src / "config.json").is_file():
             return None
-        try:
-            recorded = json.loads((src / "pretrain.json").read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise DataError(str(src / "pretrain.json"), None, None, f"expected the base's pre-training record ({e})") from e
-        if not isinstance(recorded, dict) or {k: recorded.get(k) for k in self.key} != json.loads(json.dumps(self.key)):
-            raise DataError(str(src / "pretrain.json"), None, "arch/train/format",
+        recorded, _ = read_record(src / "pretrain.json")
+        if recorded != json.loads(json.dumps(self.key)):
+            raise DataError(str(src / "pretrain.json"), None, "/".join(KEY_FIELDS),
                             f"expected the key named by {self.name} (re-ship: python -m tapir_exp.skills.base --ship)")
         return src
 
